@@ -1,0 +1,65 @@
+// Package breaker builds the per-instance circuit breakers (sony/gobreaker)
+// from the seed's breaker config.
+package breaker
+
+import (
+	"time"
+
+	"github.com/plugd/plugd/plugins/gateway/conf"
+	"github.com/sony/gobreaker/v2"
+)
+
+// Breaker is one instance's breaker. Allow returns a done callback to
+// report the outcome (nil error = success) or an error when the breaker is
+// open or its half-open quota is used up.
+type Breaker = gobreaker.TwoStepCircuitBreaker[struct{}]
+
+// State re-exports gobreaker's state.
+type State = gobreaker.State
+
+// States.
+const (
+	Closed   = gobreaker.StateClosed
+	HalfOpen = gobreaker.StateHalfOpen
+	Open     = gobreaker.StateOpen
+)
+
+// New builds a breaker named name from c. The breaker opens after
+// c.MaxFailures consecutive failures (0 turns tripping off), lets
+// c.HalfOpenMaxRequests through when half-open after c.OpenTimeout, and
+// clears its counts every c.Interval while closed. onChange, if not nil, is
+// called on every state change.
+func New(name string, c conf.Breaker, onChange func(from, to State)) (*Breaker, error) {
+	open, err := conf.Duration("breaker.open_timeout", c.OpenTimeout, 30*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	interval, err := conf.Duration("breaker.interval", c.Interval, 0)
+	if err != nil {
+		return nil, err
+	}
+	if open <= 0 {
+		open = 30 * time.Second
+	}
+	max := c.MaxFailures
+	half := c.HalfOpenMaxRequests
+	if half == 0 {
+		half = 1
+	}
+	if c.Name != "" {
+		name = c.Name + "/" + name
+	}
+	st := gobreaker.Settings{
+		Name:        name,
+		MaxRequests: half,
+		Interval:    interval,
+		Timeout:     open,
+		ReadyToTrip: func(cn gobreaker.Counts) bool {
+			return max > 0 && cn.ConsecutiveFailures >= max
+		},
+	}
+	if onChange != nil {
+		st.OnStateChange = func(_ string, from, to gobreaker.State) { onChange(from, to) }
+	}
+	return gobreaker.NewTwoStepCircuitBreaker[struct{}](st), nil
+}
