@@ -3,6 +3,7 @@
 package breaker
 
 import (
+	"errors"
 	"time"
 
 	"github.com/plugd/plugd/plugins/gateway/conf"
@@ -23,6 +24,10 @@ const (
 	HalfOpen = gobreaker.StateHalfOpen
 	Open     = gobreaker.StateOpen
 )
+
+// ErrExcluded reported to a done callback counts as neither success nor
+// failure (the client went away before the upstream answered).
+var ErrExcluded = errors.New("breaker: outcome not counted")
 
 // New builds a breaker named name from c. The breaker opens after
 // c.MaxFailures consecutive failures (0 turns tripping off), lets
@@ -57,6 +62,7 @@ func New(name string, c conf.Breaker, onChange func(from, to State)) (*Breaker, 
 		ReadyToTrip: func(cn gobreaker.Counts) bool {
 			return max > 0 && cn.ConsecutiveFailures >= max
 		},
+		IsExcluded: func(err error) bool { return errors.Is(err, ErrExcluded) },
 	}
 	if onChange != nil {
 		st.OnStateChange = func(_ string, from, to gobreaker.State) { onChange(from, to) }

@@ -1,0 +1,432 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/plugd/plugd/plugins/gateway/breaker"
+	"github.com/plugd/plugd/plugins/gateway/limit"
+	"github.com/plugd/plugd/plugins/gateway/program"
+	"github.com/plugd/plugd/sdk"
+)
+
+// maxReplayBody is the largest request body buffered so that a retry can
+// send it again.
+const maxReplayBody = 64 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// writeError answers in the management API's envelope.
+func writeError(w http.ResponseWriter, status int, msg string) {
+	h := w.Header()
+	h["Content-Type"] = jsonCT
+	w.WriteHeader(status)
+	b := make([]byte, 0, 64+len(msg))
+	b = append(b, `{"message":`...)
+	b = strconv.AppendQuote(b, msg)
+	b = append(b, `,"code":`...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(b, "}\n"...)
+	_, _ = w.Write(b)
+}
+
+var jsonCT = []string{"application/json; charset=utf-8"}
+
+// ServeHTTP routes one request of the data plane.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	path := r.URL.Path
+	if !strings.HasPrefix(path, g.opt.Prefix) {
+		g.metrics.unrouted.Add(1)
+		writeError(w, http.StatusNotFound, "path is outside the gateway prefix "+g.opt.Prefix)
+		return
+	}
+	rest := path[len(g.opt.Prefix):]
+	key := rest
+	if i := strings.IndexByte(rest, '/'); i >= 0 {
+		key = rest[:i]
+	}
+	s := g.lookup(key)
+	if s == nil {
+		g.metrics.unrouted.Add(1)
+		if key == "" {
+			writeError(w, http.StatusNotFound, "no routing key: want "+g.opt.Prefix+"<service>/...")
+		} else {
+			writeError(w, http.StatusNotFound, "unknown service "+strconv.Quote(key))
+		}
+		return
+	}
+	sw := statusWriter{ResponseWriter: w}
+	g.serveService(&sw, r, s, key)
+	s.m.observe(sw.status, time.Since(start))
+}
+
+// statusWriter records the status for metrics. It keeps Flusher, Hijacker
+// and friends reachable through Unwrap (http.ResponseController).
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return http.NewResponseController(w.ResponseWriter).Hijack()
+}
+
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func (g *Gateway) serveService(w *statusWriter, r *http.Request, s *Service, key string) {
+	sn := s.load()
+	if len(sn.ups) == 0 {
+		writeError(w, http.StatusServiceUnavailable, "service "+strconv.Quote(key)+" has no instances")
+		return
+	}
+	if l := s.limiter.Load(); l != nil && !l.Allow() {
+		s.m.limited.Add(1)
+		w.Header().Set("Retry-After", limit.RetryAfter(l))
+		writeError(w, http.StatusTooManyRequests, "rate limit of service "+strconv.Quote(key)+" exceeded")
+		return
+	}
+	ip := clientIP(r)
+	if len(sn.progs) > 0 {
+		env := g.envs.Get().(*program.Env)
+		avail := 0
+		for _, u := range sn.ups {
+			if u.Available() {
+				avail++
+			}
+		}
+		env.Reset(r, ip, program.Upstream{Service: key, Instances: len(sn.ups), Available: avail}, *g.globals.Load())
+		reason := ""
+		for _, p := range sn.progs {
+			if reason = p.Eval(env); reason != "" {
+				break
+			}
+		}
+		env.Clear()
+		g.envs.Put(env)
+		if reason != "" {
+			s.m.rejected.Add(1)
+			writeError(w, http.StatusBadRequest, reason)
+			return
+		}
+	}
+	if sn.slp != "" {
+		sess, err := g.opt.SLPs.Begin(sn.slp)
+		if err != nil {
+			writeError(w, http.StatusBadGateway, "filter SLP "+strconv.Quote(sn.slp)+" of service "+strconv.Quote(key)+" is not available: "+err.Error())
+			return
+		}
+		defer sess.End()
+		if f, ok := sess.SLP().(sdk.Filter); ok {
+			f.Filter(w, r, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				g.forward(w, r, s, sn, key, ip)
+			}))
+			return
+		}
+	}
+	g.forward(w, r, s, sn, key, ip)
+}
+
+// hop-by-hop headers, removed in both directions (RFC 9110 7.6.1).
+var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
+
+func removeHop(h http.Header) {
+	if c, ok := h["Connection"]; ok {
+		for _, v := range c {
+			for _, f := range strings.Split(v, ",") {
+				if f = strings.TrimSpace(f); f != "" {
+					h.Del(f)
+				}
+			}
+		}
+	}
+	for _, k := range hopHeaders {
+		delete(h, k)
+	}
+}
+
+func isUpgrade(r *http.Request) bool {
+	return r.Header.Get("Upgrade") != "" && headerHasToken(r.Header, "Connection", "upgrade")
+}
+
+func headerHasToken(h http.Header, k, tok string) bool {
+	for _, v := range h[k] {
+		for _, f := range strings.Split(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(f), tok) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func idempotent(m string) bool {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return false
+}
+
+var errUpstream5xx = errors.New("upstream answered 5xx")
+
+// outPath is the path sent upstream.
+func (g *Gateway) outPath(p string, sn *snapshot, key string) string {
+	if !sn.trim {
+		return p
+	}
+	p = p[len(g.opt.Prefix)+len(key):]
+	if p == "" {
+		return "/"
+	}
+	return p
+}
+
+var emptyUA = []string{""}
+
+func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn *snapshot, key, ip string) {
+	if isUpgrade(r) {
+		g.forwardUpgrade(w, r, s, sn, key, ip)
+		return
+	}
+	hashKey := ""
+	if sn.cfg.LoadBalance.Strategy == "hash" {
+		if sn.hashHdr != "" {
+			hashKey = r.Header.Get(sn.hashHdr)
+		}
+		if hashKey == "" {
+			hashKey = ip
+		}
+	}
+
+	// The body: replayable when absent or small enough to buffer.
+	var body []byte
+	replayable := true
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		r.Body = nil
+	} else if r.ContentLength > 0 && r.ContentLength <= maxReplayBody && sn.retries > 0 {
+		b := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, b); err != nil {
+			writeError(w, http.StatusBadRequest, "reading request body: "+err.Error())
+			return
+		}
+		body = b
+	} else {
+		replayable = false
+	}
+
+	h := r.Header
+	removeHop(h)
+	if prior, ok := h["X-Forwarded-For"]; ok {
+		h["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + ip}
+	} else {
+		h["X-Forwarded-For"] = []string{ip}
+	}
+	if r.TLS != nil {
+		h["X-Forwarded-Proto"] = httpsVal
+	} else {
+		h["X-Forwarded-Proto"] = httpVal
+	}
+	if r.Host != "" {
+		h["X-Forwarded-Host"] = []string{r.Host}
+	}
+	if _, ok := h["User-Agent"]; !ok {
+		h["User-Agent"] = emptyUA
+	}
+
+	path := g.outPath(r.URL.Path, sn, key)
+	rawPath := ""
+	if r.URL.RawPath != "" {
+		rawPath = g.outPath(r.URL.RawPath, sn, key)
+	}
+	var skip uint64
+	attempts := 0
+	for {
+		idx := sn.bal.Pick(hashKey, skip)
+		if idx < 0 {
+			writeError(w, http.StatusServiceUnavailable, "service "+strconv.Quote(key)+" has no available instance")
+			return
+		}
+		if idx < 64 {
+			skip |= 1 << uint(idx)
+		}
+		u := sn.ups[idx]
+		done, err := u.br.Load().Allow()
+		if err != nil { // opened or half-open quota used since Pick
+			continue
+		}
+		out := new(http.Request)
+		*out = *r
+		out.URL = &url.URL{Scheme: sn.scheme, Host: u.Inst.Address, Path: path, RawPath: rawPath, RawQuery: r.URL.RawQuery}
+		out.RequestURI = ""
+		out.Close = false
+		out.Header = h
+		if body != nil {
+			out.Body = io.NopCloser(bytes.NewReader(body))
+			out.GetBody = nil
+		}
+		u.inflight.Add(1)
+		resp, err := sn.transport.RoundTrip(out)
+		attempts++
+		canRetry := attempts <= sn.retries && replayable
+		if err != nil {
+			u.inflight.Add(-1)
+			if r.Context().Err() != nil {
+				done(breaker.ErrExcluded)
+				return // client went away
+			}
+			done(err)
+			var op *net.OpError
+			dialErr := errors.As(err, &op) && op.Op == "dial"
+			if canRetry && (dialErr || idempotent(r.Method)) {
+				s.m.retries.Add(1)
+				continue
+			}
+			writeError(w, http.StatusBadGateway, "upstream "+u.Inst.ID+" of service "+strconv.Quote(key)+" failed: "+err.Error())
+			return
+		}
+		if resp.StatusCode >= 500 {
+			done(errUpstream5xx)
+			if canRetry && idempotent(r.Method) && (resp.StatusCode == 502 || resp.StatusCode == 503 || resp.StatusCode == 504) {
+				io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+				resp.Body.Close()
+				u.inflight.Add(-1)
+				s.m.retries.Add(1)
+				continue
+			}
+		} else {
+			done(nil)
+		}
+		copyResponse(w, resp)
+		u.inflight.Add(-1)
+		return
+	}
+}
+
+var (
+	httpVal  = []string{"http"}
+	httpsVal = []string{"https"}
+)
+
+func copyResponse(w http.ResponseWriter, resp *http.Response) {
+	defer resp.Body.Close()
+	dst := w.Header()
+	removeHop(resp.Header)
+	for k, vv := range resp.Header {
+		dst[k] = vv
+	}
+	if len(resp.Trailer) > 0 {
+		names := make([]string, 0, len(resp.Trailer))
+		for k := range resp.Trailer {
+			names = append(names, k)
+		}
+		dst["Trailer"] = []string{strings.Join(names, ", ")}
+	}
+	w.WriteHeader(resp.StatusCode)
+	stream := resp.ContentLength == -1 || strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+	bp := bufPool.Get().(*[]byte)
+	buf := *bp
+	var flusher http.Flusher
+	if stream {
+		flusher, _ = w.(http.Flusher)
+	}
+	for {
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				break
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	bufPool.Put(bp)
+	for k, vv := range resp.Trailer {
+		dst[http.TrailerPrefix+k] = vv
+	}
+}
+
+// forwardUpgrade passes a protocol upgrade (WebSocket) through with
+// httputil.ReverseProxy, which splices the two connections. It is not
+// retried once sent.
+func (g *Gateway) forwardUpgrade(w http.ResponseWriter, r *http.Request, s *Service, sn *snapshot, key, ip string) {
+	idx := sn.bal.Pick(ip, 0)
+	if idx < 0 {
+		writeError(w, http.StatusServiceUnavailable, "service "+strconv.Quote(key)+" has no available instance")
+		return
+	}
+	u := sn.ups[idx]
+	done, err := u.br.Load().Allow()
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, "instance "+u.Inst.ID+" of service "+strconv.Quote(key)+" is not available")
+		return
+	}
+	u.inflight.Add(1)
+	defer u.inflight.Add(-1)
+	var failed error
+	rp := &httputil.ReverseProxy{
+		Transport: sn.transport,
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme = sn.scheme
+			pr.Out.URL.Host = u.Inst.Address
+			pr.Out.URL.Path = g.outPath(pr.In.URL.Path, sn, key)
+			pr.Out.URL.RawPath = ""
+			pr.Out.Host = pr.In.Host
+			pr.SetXForwarded()
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			failed = err
+			writeError(w, http.StatusBadGateway, "upstream "+u.Inst.ID+" of service "+strconv.Quote(key)+" failed: "+err.Error())
+		},
+	}
+	rp.ServeHTTP(w, r)
+	if failed != nil && r.Context().Err() == nil && !errors.Is(failed, context.Canceled) {
+		done(failed)
+	} else {
+		done(nil)
+	}
+}

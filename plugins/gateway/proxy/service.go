@@ -1,0 +1,148 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/plugd/plugd/plugins/gateway/balance"
+	"github.com/plugd/plugd/plugins/gateway/breaker"
+	"github.com/plugd/plugd/plugins/gateway/conf"
+	"github.com/plugd/plugd/plugins/gateway/program"
+	"github.com/plugd/plugd/sdk"
+	"golang.org/x/time/rate"
+)
+
+// Upstream is one instance of a service. Its live state (breaker,
+// in-flight count, health) is shared by every version of the instance, so
+// it survives config and instance-list changes.
+type Upstream struct {
+	Inst sdk.Instance
+	*live
+}
+
+type live struct {
+	inflight atomic.Int64
+	healthy  atomic.Bool
+	br       atomic.Pointer[breaker.Breaker]
+	// health check streaks, touched only by the checker goroutine
+	okStreak, failStreak int
+}
+
+func newUpstream(inst sdk.Instance, l *live) *Upstream {
+	if inst.Weight <= 0 {
+		inst.Weight = 1
+	}
+	if l == nil {
+		l = &live{}
+		l.healthy.Store(true)
+	}
+	return &Upstream{Inst: inst, live: l}
+}
+
+// ID, Weight, Load and Available make an Upstream a balance.Target.
+func (u *Upstream) ID() string  { return u.Inst.ID }
+func (u *Upstream) Weight() int { return u.Inst.Weight }
+func (u *Upstream) Load() int64 { return u.inflight.Load() }
+func (u *Upstream) Available() bool {
+	if !u.healthy.Load() {
+		return false
+	}
+	b := u.br.Load()
+	return b == nil || b.State() != breaker.Open
+}
+
+// Healthy reports the health-check verdict (true without checks).
+func (u *Upstream) Healthy() bool { return u.healthy.Load() }
+
+// BreakerState is "closed", "half-open" or "open".
+func (u *Upstream) BreakerState() string {
+	if b := u.br.Load(); b != nil {
+		return b.State().String()
+	}
+	return "closed"
+}
+
+// snapshot is the immutable routing state of a service; a change builds a
+// new one and swaps it in, so a request sees one consistent version.
+type snapshot struct {
+	cfg       conf.Service
+	isDefault bool
+	ups       []*Upstream
+	bal       balance.Balancer
+	transport *http.Transport
+	scheme    string
+	retries   int
+	trim      bool
+	hashHdr   string
+	slp       string
+	progs     []*program.Program
+}
+
+// Service is the runtime state of one routing key.
+type Service struct {
+	Name    string
+	snap    atomic.Pointer[snapshot]
+	limiter atomic.Pointer[rate.Limiter]
+	hc      atomic.Pointer[conf.HealthCheck]
+	m       *svcMetrics
+}
+
+func (s *Service) load() *snapshot { return s.snap.Load() }
+
+func newTransport(rp conf.ReverseProxy, idle int) *http.Transport {
+	dial, _ := conf.Duration("dial_timeout", rp.DialTimeout, 5*time.Second)
+	tlsTO, _ := conf.Duration("tls_handshake_timeout", rp.TLSHandshakeTimeout, 10*time.Second)
+	if dial <= 0 {
+		dial = 5 * time.Second
+	}
+	d := &net.Dialer{Timeout: dial, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:               nil,
+		DialContext:         d.DialContext,
+		MaxIdleConns:        0,
+		MaxIdleConnsPerHost: idle,
+		IdleConnTimeout:     90 * time.Second,
+		TLSHandshakeTimeout: tlsTO,
+		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12},
+		DisableCompression:  true,
+		ForceAttemptHTTP2:   false,
+		WriteBufferSize:     32 << 10,
+		ReadBufferSize:      32 << 10,
+		// ExpectContinueTimeout stays 0: bodies are sent at once.
+	}
+}
+
+// State is one instance's line in upstream/service/state.
+type State struct {
+	Hostname     string `json:"hostname"`
+	InstanceID   string `json:"instance_id"`
+	Address      string `json:"address"`
+	Healthy      bool   `json:"healthy"`
+	Weight       int    `json:"weight"`
+	Load         int64  `json:"load"`
+	BreakerState string `json:"breaker_state"`
+}
+
+// ServiceState is the data of upstream/service/state.
+type ServiceState struct {
+	Upstreams      int     `json:"upstreams"`
+	UpstreamStates []State `json:"upstream_states"`
+}
+
+func (s *Service) state() ServiceState {
+	sn := s.load()
+	out := ServiceState{UpstreamStates: []State{}}
+	if sn == nil {
+		return out
+	}
+	for _, u := range sn.ups {
+		out.UpstreamStates = append(out.UpstreamStates, State{Hostname: u.Inst.Hostname,
+			InstanceID: u.Inst.ID, Address: u.Inst.Address, Healthy: u.Healthy(), Weight: u.Inst.Weight,
+			Load: u.Load(), BreakerState: u.BreakerState()})
+	}
+	out.Upstreams = len(sn.ups)
+	return out
+}
