@@ -1,0 +1,204 @@
+// Package plugins keeps the loaded APIs and SLPs: it creates instances from
+// declarations, swaps them atomically, drains and stops the old ones, and
+// persists the loaded set.
+package plugins
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/plugd/plugd/sdk"
+	"github.com/sirupsen/logrus"
+)
+
+// State of one loaded instance.
+type State string
+
+const (
+	Active   State = "active"
+	Draining State = "draining"
+	Stopped  State = "stopped"
+	Failed   State = "failed"
+)
+
+// instance is one load of an API or SLP: the value the plugin built, the
+// Host handle it was given, and a count of the requests or sessions running
+// on it, so that a replaced instance can be drained before it is stopped.
+type instance struct {
+	kind   Kind
+	id     string // e.g. chatroom.v1#3
+	name   string // chatroom.v1 or chatroom
+	file   string
+	loaded time.Time
+	value  any // sdk.API or sdk.SLP
+	host   *pluginHost
+
+	mu     sync.Mutex
+	active int
+	closed bool
+	idle   chan struct{} // closed when closed && active == 0
+	state  State
+
+	used atomic.Int64 // SLP sessions finished
+}
+
+func newInstance(kind Kind, id, name, file string, h *pluginHost) *instance {
+	return &instance{kind: kind, id: id, name: name, file: file, loaded: time.Now(), host: h, idle: make(chan struct{}), state: Active}
+}
+
+// acquire counts one more request or session; false once the instance is
+// closed, in which case the caller looks up the current instance again.
+func (in *instance) acquire() bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.closed {
+		return false
+	}
+	in.active++
+	return true
+}
+
+func (in *instance) release() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.active--
+	if in.closed && in.active == 0 {
+		close(in.idle)
+	}
+}
+
+func (in *instance) using() int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.active
+}
+
+func (in *instance) getState() State {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.state
+}
+
+func (in *instance) setState(s State) {
+	in.mu.Lock()
+	in.state = s
+	in.mu.Unlock()
+}
+
+// close refuses new work and marks the instance draining.
+func (in *instance) close() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.closed {
+		return
+	}
+	in.closed = true
+	in.state = Draining
+	if in.active == 0 {
+		close(in.idle)
+	}
+}
+
+// drainAndStop waits for in-flight work (at most drain), then runs the
+// plugin's Stop with a deadline of stop, then cancels its goroutines.
+func (in *instance) drainAndStop(drain, stop time.Duration, log logrus.FieldLogger) {
+	in.close()
+	t := time.NewTimer(drain)
+	select {
+	case <-in.idle:
+		t.Stop()
+	case <-t.C:
+		log.WithField("load", in.id).Warnf("drain deadline %s passed with %d still running; stopping anyway", drain, in.using())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), stop)
+	defer cancel()
+	if s, ok := in.value.(sdk.Stopper); ok {
+		if err := safeCall(func() error { return s.Stop(ctx) }); err != nil {
+			log.WithField("load", in.id).WithError(err).Error("stop failed")
+		}
+	}
+	in.host.shutdown(stop, log)
+	in.setState(Stopped)
+}
+
+// safeCall runs a plugin hook, turning a panic into an error.
+func safeCall(fn func() error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic: %v\n%s", p, debug.Stack())
+		}
+	}()
+	return fn()
+}
+
+// pluginHost is the sdk.Host of one instance.
+type pluginHost struct {
+	m        *Manager
+	name     string // loaded name
+	decl     *sdk.Declaration
+	log      logrus.FieldLogger
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	handles  []net.Listener
+	services sdk.ServiceRegistry
+}
+
+func (h *pluginHost) Name() string               { return h.name }
+func (h *pluginHost) Logger() logrus.FieldLogger { return h.log }
+func (h *pluginHost) Config(v any) error         { return h.m.cfg.DecodePlugin(h.decl.Name, v) }
+func (h *pluginHost) DataDir() string            { return h.m.pluginDataDir(h.decl.Name) }
+func (h *pluginHost) Store() sdk.Store           { return h.m.db.Namespace(h.decl.Name) }
+func (h *pluginHost) SLPs() sdk.SLPs             { return h.m }
+func (h *pluginHost) Services() sdk.ServiceRegistry {
+	return h.services
+}
+
+func (h *pluginHost) Listen(network, addr string) (net.Listener, error) {
+	ln, err := h.m.listeners.Listen(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	h.handles = append(h.handles, ln)
+	h.mu.Unlock()
+	return ln, nil
+}
+
+func (h *pluginHost) Go(name string, fn func(ctx context.Context)) {
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		defer func() {
+			if p := recover(); p != nil {
+				h.log.WithField("goroutine", name).Errorf("goroutine panicked (recovered by the host): %v\n%s", p, debug.Stack())
+			}
+		}()
+		fn(h.ctx)
+	}()
+}
+
+// shutdown cancels the instance's goroutines, waits for them a while, and
+// closes listener handles the plugin left open.
+func (h *pluginHost) shutdown(wait time.Duration, log logrus.FieldLogger) {
+	h.cancel()
+	done := make(chan struct{})
+	go func() { h.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(wait):
+		log.WithField("plugin", h.name).Warn("goroutines still running after stop; they stay in the process (Go cannot unload code)")
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, ln := range h.handles {
+		ln.Close()
+	}
+	h.handles = nil
+}
