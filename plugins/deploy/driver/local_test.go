@@ -1,0 +1,258 @@
+package driver
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/plugd/plugd/plugins/deploy/spec"
+	"github.com/plugd/plugd/sdk/sdktest"
+)
+
+func buildWebapp(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	out := filepath.Join(dir, "webapp")
+	cmd := exec.Command("go", "build", "-o", out, "../e2e/testdata/webapp")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("build webapp: %v", err)
+	}
+	return dir
+}
+
+func newDriver(t *testing.T, h *sdktest.Host) *Local {
+	d := NewLocal(LocalConfig{Store: h.Store(), Services: h.Services(), Logger: h.Logger(), Go: h.Go,
+		DataDir: h.DataDir(), Limits: "auto", Tick: 50 * time.Millisecond, StopGrace: 2 * time.Second})
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func webSpec(dir, version string, n int, env map[string]string) Spec {
+	return Spec{App: "hello", Proc: "web", MetaVersion: version, Type: spec.ProcWeb, Cmd: "./webapp", Dir: dir,
+		Env: env, NumInstances: n, Service: "hello",
+		Health: spec.Health{Path: "/healthz", Interval: 200 * time.Millisecond, Timeout: time.Second, Start: 3 * time.Second, Grace: time.Second}}
+}
+
+func pids(st ProcStatus) map[int]bool {
+	out := map[int]bool{}
+	for _, in := range st.Instances {
+		if in.PID > 0 {
+			out[in.PID] = true
+		}
+	}
+	return out
+}
+
+func alive(pid int) bool { return syscall.Kill(pid, 0) == nil && sameProcessAny(pid) }
+
+func sameProcessAny(pid int) bool { _, z, err := startTicks(pid); return err == nil && !z }
+
+func waitFor(t *testing.T, what string, d time.Duration, f func() bool) {
+	t.Helper()
+	end := time.Now().Add(d)
+	for !f() {
+		if time.Now().After(end) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestLocalLifecycle(t *testing.T) {
+	dir := buildWebapp(t)
+	h := sdktest.NewHost(t, "deploy.v1")
+	d := newDriver(t, h)
+	ctx := context.Background()
+	var all []int
+	t.Cleanup(func() {
+		_ = d.Remove(ctx, "hello", "web")
+		for _, p := range all {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+	})
+
+	if err := d.Apply(ctx, webSpec(dir, "v1", 3, nil), func(s string) { t.Log(s) }); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := d.Status("hello", "web")
+	if st.Running != 3 || st.Healthy != 3 || len(pids(st)) != 3 {
+		t.Fatalf("after deploy: %+v", st)
+	}
+	for p := range pids(st) {
+		all = append(all, p)
+	}
+	if n := len(h.Services().Instances("hello")); n != 3 {
+		t.Fatalf("registered %d instances, want 3", n)
+	}
+	// each instance answers on its own port
+	for _, in := range st.Instances {
+		resp, err := http.Get("http://" + in.Address + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(b), `"instance":"`+in.ID+`"`) {
+			t.Fatalf("instance %s answered %s", in.ID, b)
+		}
+	}
+
+	// scale down: the stopped processes are gone
+	before := pids(st)
+	if err := d.Apply(ctx, webSpec(dir, "v1", 1, nil), nil); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = d.Status("hello", "web")
+	if st.Running != 1 || len(h.Services().Instances("hello")) != 1 {
+		t.Fatalf("after scale down: %+v", st)
+	}
+	kept := pids(st)
+	for p := range before {
+		if !kept[p] && alive(p) {
+			t.Fatalf("pid %d still alive after scale down", p)
+		}
+	}
+
+	// crash -> restarted with backoff, new pid, same port
+	in := st.Instances[0]
+	http.Get("http://" + in.Address + "/crash")
+	waitFor(t, "restart after crash", 10*time.Second, func() bool {
+		s, _ := d.Status("hello", "web")
+		return len(s.Instances) == 1 && s.Instances[0].PID != in.PID && s.Instances[0].PID != 0 && s.Healthy == 1
+	})
+	st, _ = d.Status("hello", "web")
+	if st.Instances[0].Restarts != 1 || !strings.Contains(st.Instances[0].LastExit, "status 3") {
+		t.Fatalf("after crash: %+v", st.Instances[0])
+	}
+	for p := range pids(st) {
+		all = append(all, p)
+	}
+
+	// a rollout whose health check fails is rolled back; the old instance
+	// keeps running untouched
+	if err := d.Apply(ctx, webSpec(dir, "v1", 2, nil), nil); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = d.Status("hello", "web")
+	old := pids(st)
+	bad := webSpec(dir, "v2", 2, map[string]string{"FAIL_HEALTH": "1"})
+	err := d.Apply(ctx, bad, nil)
+	if err == nil || !strings.Contains(err.Error(), "rolled back to v1") {
+		t.Fatalf("bad rollout: err = %v", err)
+	}
+	st, _ = d.Status("hello", "web")
+	if st.MetaVersion != "v1" || st.Running != 2 || st.Healthy != 2 {
+		t.Fatalf("after rollback: %+v", st)
+	}
+	for p := range old {
+		if !pids(st)[p] || !alive(p) {
+			t.Fatalf("old pid %d not kept by the rollback: %+v", p, st)
+		}
+	}
+
+	// a good rollout replaces every instance
+	if err := d.Apply(ctx, webSpec(dir, "v3", 2, nil), nil); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = d.Status("hello", "web")
+	for _, in := range st.Instances {
+		if in.MetaVersion != "v3" || old[in.PID] {
+			t.Fatalf("after rollout: %+v", st)
+		}
+		all = append(all, in.PID)
+	}
+	for p := range old {
+		if alive(p) {
+			t.Fatalf("old pid %d alive after rollout", p)
+		}
+	}
+	for _, r := range h.Services().Instances("hello") {
+		if r.Metadata["meta_version"] != "v3" {
+			t.Fatalf("registry still has %+v", r)
+		}
+	}
+
+	// swap: a new driver on the same store adopts the processes
+	d2 := newDriver(t, h)
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	if err := d.Stop(sctx); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	st2, ok := d2.Status("hello", "web")
+	if !ok || len(st2.Instances) != 2 {
+		t.Fatalf("new driver sees %+v", st2)
+	}
+	for _, in := range st2.Instances {
+		if !pids(st)[in.PID] || !in.Adopted {
+			t.Fatalf("instance not adopted: %+v (before %+v)", in, st)
+		}
+	}
+	waitFor(t, "adopted instances healthy", 5*time.Second, func() bool {
+		s, _ := d2.Status("hello", "web")
+		return s.Healthy == 2
+	})
+	// the new driver still restarts crashes of adopted (child) processes
+	http.Get("http://" + st2.Instances[0].Address + "/crash")
+	waitFor(t, "restart by new driver", 10*time.Second, func() bool {
+		s, _ := d2.Status("hello", "web")
+		return s.Healthy == 2 && s.Instances[0].PID != st2.Instances[0].PID
+	})
+	st2, _ = d2.Status("hello", "web")
+	for p := range pids(st2) {
+		all = append(all, p)
+	}
+	d = d2
+	if err := d2.Remove(ctx, "hello", "web"); err != nil {
+		t.Fatal(err)
+	}
+	for p := range pids(st2) {
+		if alive(p) {
+			t.Fatalf("pid %d alive after remove", p)
+		}
+	}
+	if n := len(h.Services().Instances("hello")); n != 0 {
+		t.Fatalf("%d instances still registered", n)
+	}
+	// logs were captured
+	lines, err := tailLines(filepath.Join(h.DataDir(), "logs", "hello", "web-1.log"), 100)
+	if err != nil || !strings.Contains(strings.Join(lines, "\n"), "webapp hello/web-1 v1 starting") {
+		t.Fatalf("log of web-1: %v %q", err, lines)
+	}
+}
+
+func TestMemoryWatchdog(t *testing.T) {
+	dir := buildWebapp(t)
+	h := sdktest.NewHost(t, "deploy.v1")
+	d := newDriver(t, h)
+	if d.LimitsMode() != "rlimit" {
+		t.Logf("limits mode %s: watchdog not used", d.LimitsMode())
+		return
+	}
+	ctx := context.Background()
+	s := webSpec(dir, "v1", 1, nil)
+	s.Memory = 64 << 20
+	if err := d.Apply(ctx, s, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Remove(ctx, "hello", "web") })
+	st, _ := d.Status("hello", "web")
+	if !strings.Contains(st.Limits.Memory, "watchdog") {
+		t.Fatalf("limits: %+v", st.Limits)
+	}
+	http.Get("http://" + st.Instances[0].Address + "/alloc?mb=100")
+	waitFor(t, "memory kill", 10*time.Second, func() bool {
+		s, _ := d.Status("hello", "web")
+		return strings.Contains(s.Instances[0].LastExit, "resident memory")
+	})
+}
