@@ -113,7 +113,7 @@ func (s *Server) getAPI(w http.ResponseWriter, r *http.Request, ps httprouter.Pa
 	}
 	var lines []string
 	for _, row := range rows {
-		lines = append(lines, strings.Join([]string{row.Name, row.File, string(row.State), fmtTime(row.Time), row.Error}, "\t"))
+		lines = append(lines, strings.Join([]string{row.Name, row.File, string(row.State), fmtTime(row.Time)}, "\t")+errSuffix(row.Error))
 	}
 	type builtin struct {
 		Name  string        `json:"name"`
