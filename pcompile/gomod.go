@@ -144,10 +144,21 @@ func buildGoMod(modPath, goVersion string, from *goModFile, fromDir string) []by
 		nw := r.New.Path
 		if r.New.Version != "" {
 			nw += " " + r.New.Version
-		} else if !filepath.IsAbs(nw) {
-			nw = filepath.Join(fromDir, nw)
+		} else {
+			if !filepath.IsAbs(nw) {
+				nw = filepath.Join(fromDir, nw)
+			}
+			nw = modQuote(nw)
 		}
 		fmt.Fprintf(&b, "\nreplace %s => %s\n", old, nw)
 	}
 	return b.Bytes()
+}
+
+// modQuote quotes a go.mod token that needs it (a directory with spaces).
+func modQuote(s string) string {
+	if strings.ContainsAny(s, " \t\"'`\\") {
+		return strconv.Quote(s)
+	}
+	return s
 }
