@@ -355,6 +355,14 @@ func (p *plugin) dispatch(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	lastReap := time.Now()
+	// A handover offer wakes us at once where the store can watch.
+	if ch, err := p.store.Watch(ctx, kHandover); err == nil {
+		p.h.Go("appbuild-handover-watch", func(context.Context) {
+			for range ch {
+				p.poke()
+			}
+		})
+	}
 	for {
 		p.mu.Lock()
 		stopping := p.stopping
@@ -371,7 +379,10 @@ func (p *plugin) dispatch(ctx context.Context) {
 				if b == nil {
 					break
 				}
-				p.launch(ctx, b)
+				p.launch(b)
+			}
+			if err := p.adoptAndWatch(ctx); err != nil && ctx.Err() == nil {
+				p.h.Logger().WithError(err).Error("watching handed-over builds")
 			}
 			if time.Since(lastReap) >= leaseRenew {
 				if err := p.reapOrphans(ctx); err != nil && ctx.Err() == nil {

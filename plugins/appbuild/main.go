@@ -190,6 +190,8 @@ type plugin struct {
 
 	mu       sync.Mutex
 	running  map[string]*runningBuild // builds this instance runs
+	adopted  map[string]bool          // builds handed over to this instance
+	token    string                   // this instance, in handover records
 	stopping bool
 	wake     chan struct{}
 	wg       sync.WaitGroup // runner goroutines
@@ -216,6 +218,8 @@ func newPlugin(h sdk.Host) (*plugin, error) {
 		urlPrefix: "/" + strings.ReplaceAll(h.Name(), ".", "/"),
 		dataDir:   h.DataDir(),
 		running:   map[string]*runningBuild{},
+		adopted:   map[string]bool{},
+		token:     newID(),
 		wake:      make(chan struct{}, 1),
 		procID:    processID(),
 	}
@@ -244,30 +248,56 @@ func (p *plugin) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop stops taking builds and waits for the running ones until ctx ends;
-// builds still running then are canceled and marked failed.
+// Stop stops taking builds, hands running ones over to the instance that
+// replaces this one (see handover.go) and, for those nobody adopts before
+// ctx ends (unload, host shutdown), stops them and records them as failed.
 func (p *plugin) Stop(ctx context.Context) error {
 	p.mu.Lock()
 	p.stopping = true
 	p.mu.Unlock()
 	p.poke()
-	done := make(chan struct{})
-	go func() { p.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-		p.stopAll()
-		return nil
-	case <-ctx.Done():
+	// Keep a little of the deadline to stop what is not adopted.
+	hctx := ctx
+	if dl, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		hctx, cancel = context.WithDeadline(ctx, dl.Add(-time.Until(dl)/4))
+		defer cancel()
 	}
-	// Out of time: kill what is left, and record why.
-	p.mu.Lock()
-	for _, rb := range p.running {
-		rb.stop(reasonStopped)
+	left := p.handOver(hctx)
+	for _, id := range left {
+		p.mu.Lock()
+		rb := p.running[id]
+		adopted := p.adopted[id]
+		p.mu.Unlock()
+		switch {
+		case rb != nil:
+			rb.stop(reasonStopped)
+		case adopted:
+			// Watched for an older instance whose runner is detached:
+			// stop its recipe and record the failure here.
+			cancelAdopted(filepath.Join(p.workDir, id), reasonStopped)
+			p.finish(context.Background(), id, func(b *Build) { b.Status, b.Reason = StatusFailed, reasonStopped })
+		}
 	}
-	p.mu.Unlock()
-	select {
-	case <-done:
-	case <-time.After(3 * time.Second):
+	// Wait for our own runners that are not detached.
+	for {
+		p.mu.Lock()
+		n := 0
+		for _, rb := range p.running {
+			if !rb.isDetached() {
+				n++
+			}
+		}
+		p.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			p.stopAll()
+			return nil
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 	p.stopAll()
 	return nil

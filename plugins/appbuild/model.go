@@ -28,6 +28,7 @@ const (
 	kAppBuild = "appbuild/" // appbuild/<appid>/<buildid> -> "" (history index)
 	kActive   = "active/"   // active/<buildid> -> activeEntry (queued or running)
 	kLease    = "lease/"    // lease/<buildid> -> leaseEntry, with a TTL, renewed by the runner
+	kHandover = "handover/" // handover/<buildid> -> handoverEntry, offered by a stopping instance
 )
 
 // App is an application (seed: App).

@@ -538,3 +538,92 @@ func TestRetention(t *testing.T) {
 	last := decodeAs[Build](t, e.do("GET", "/api/build/"+ids[2], "", 200))
 	e.do("GET", "/download/"+ids[2]+"/"+last.Results[0].Artifacts[0].File, "", 200)
 }
+
+// second starts another instance on the same host (store and data dir), as
+// the host does for a swap.
+func (e *env) second() (*plugin, string) {
+	p, err := newPlugin(e.host)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := p.Start(context.Background()); err != nil {
+		e.t.Fatal(err)
+	}
+	srv := httptest.NewServer(p)
+	e.t.Cleanup(func() {
+		srv.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		p.Stop(ctx)
+	})
+	return p, srv.URL
+}
+
+func TestSwapHandsRunningBuildOver(t *testing.T) {
+	e := newEnv(t, "")
+	f := e.setup("sleep-3", "huawei", "oppo")
+	b := e.startBuild(f, "huawei", "oppo")
+	e.wait(b.ID, 10*time.Second, StatusRunning)
+	_, url2 := e.second()
+	// The old instance stops with a deadline shorter than the build.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	if err := e.p.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(t0) > 2*time.Second {
+		t.Fatalf("Stop took %s", time.Since(t0))
+	}
+	e.url = url2
+	got := e.wait(b.ID, 30*time.Second, StatusSucceeded, StatusFailed, StatusCanceled)
+	if got.Status != StatusSucceeded || len(got.Results[1].Artifacts) != 1 {
+		t.Fatalf("handed-over build: %+v", got)
+	}
+	data := e.do("GET", "/download/"+b.ID+"/"+got.Results[1].Artifacts[0].File, "", 200)
+	path := filepath.Join(t.TempDir(), "x.apk")
+	os.WriteFile(path, data, 0o644)
+	verifyAPK(t, path, "oppo")
+}
+
+func TestSwapThenCancelThroughAdopter(t *testing.T) {
+	e := newEnv(t, "")
+	f := e.setup("sleep-30", "huawei")
+	b := e.startBuild(f, "huawei")
+	e.wait(b.ID, 10*time.Second, StatusRunning)
+	_, url2 := e.second()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	e.p.Stop(ctx)
+	e.url = url2
+	e.do("POST", "/api/build/"+b.ID+"/cancel", "", 202)
+	got := e.wait(b.ID, 15*time.Second, StatusCanceled, StatusFailed, StatusSucceeded)
+	if got.Status != StatusCanceled {
+		t.Fatalf("cancel after swap: %+v", got)
+	}
+}
+
+func TestStopWithoutSuccessorFailsBuild(t *testing.T) {
+	e := newEnv(t, "")
+	f := e.setup("sleep-30", "huawei")
+	b := e.startBuild(f, "huawei")
+	e.wait(b.ID, 10*time.Second, StatusRunning)
+	ctx, cancel := context.WithTimeout(context.Background(), 1*time.Second)
+	defer cancel()
+	e.p.Stop(ctx)
+	var got Build
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		g, err := e.p.getBuild(context.Background(), b.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got = *g; got.done() || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got.Status != StatusFailed || !strings.Contains(got.Reason, "stopped") {
+		t.Fatalf("unload during build: %+v", got)
+	}
+}

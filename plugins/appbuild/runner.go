@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,11 +27,17 @@ const reasonStopped = "interrupted: the plugin instance was stopped (swap or shu
 // runningBuild is a build this instance runs.
 type runningBuild struct {
 	id     string
+	work   string // the build's work dir
 	ctx    context.Context
 	cancel context.CancelFunc
 
 	mu     sync.Mutex
 	reason string // why it was stopped, if it was
+	// detached is set when a newer instance adopted the build during a
+	// swap: the runner then no longer uses the store and leaves its
+	// outcome in a file for the adopter.
+	detached bool
+	finished bool
 }
 
 func (rb *runningBuild) stop(reason string) {
@@ -47,9 +55,32 @@ func (rb *runningBuild) stopReason() string {
 	return rb.reason
 }
 
-func (p *plugin) launch(ctx context.Context, b *Build) {
-	rctx, cancel := context.WithCancel(ctx)
-	rb := &runningBuild{id: b.ID, ctx: rctx, cancel: cancel}
+func (rb *runningBuild) isDetached() bool {
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	return rb.detached
+}
+
+// pollCancel turns a cancel file left by an adopting instance into a stop.
+func (rb *runningBuild) pollCancel() {
+	if b, err := os.ReadFile(filepath.Join(rb.work, cancelFile)); err == nil {
+		rb.stop(string(b))
+	}
+}
+
+// Files in a build's work dir that instances use to hand a running build
+// over during a swap.
+const (
+	cancelFile  = "cancel"       // reason; written by the adopter to cancel
+	pgidFile    = "pgid"         // process group of the recipe run in progress
+	outcomeFile = "outcome.json" // written by a detached runner when done
+)
+
+func (p *plugin) launch(b *Build) {
+	// Not derived from the instance's context: a build handed over to a
+	// newer instance must survive this instance's stop.
+	rctx, cancel := context.WithCancel(context.Background())
+	rb := &runningBuild{id: b.ID, work: filepath.Join(p.workDir, b.ID), ctx: rctx, cancel: cancel}
 	p.mu.Lock()
 	p.running[b.ID] = rb
 	p.mu.Unlock()
@@ -70,7 +101,7 @@ func (p *plugin) launch(ctx context.Context, b *Build) {
 				if r := rb.stopReason(); r != "" {
 					reason = r
 				}
-				p.finish(context.Background(), b.ID, func(b *Build) { b.Status, b.Reason = StatusFailed, reason })
+				p.settle(rb, outcome{Status: StatusFailed, Reason: reason, Results: b.Results})
 			}
 		}()
 		leaseDone := make(chan struct{})
@@ -91,6 +122,9 @@ func (p *plugin) keepLease(rb *runningBuild, done <-chan struct{}) {
 		case <-done:
 			return
 		case <-t.C:
+		}
+		if rb.isDetached() {
+			return // the adopter keeps the lease now
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), leaseRenew)
 		_ = p.store.Update(ctx, func(tx sdk.Tx) error {
@@ -186,18 +220,26 @@ func (p *plugin) cleanWork(id string) { os.RemoveAll(filepath.Join(p.workDir, id
 
 // outcome is what run decided.
 type outcome struct {
-	status, reason string
-	exit           *int
-	method         string
-	results        []ChannelResult
+	Status  string          `json:"status"`
+	Reason  string          `json:"reason,omitempty"`
+	Exit    *int            `json:"exit_code,omitempty"`
+	Method  string          `json:"method,omitempty"`
+	Results []ChannelResult `json:"results"`
+}
+
+func (o *outcome) apply(b *Build, logPath string) {
+	b.Status, b.Reason, b.ExitCode, b.Method, b.Results = o.Status, o.Reason, o.Exit, o.Method, o.Results
+	if o.Status == StatusFailed {
+		b.LogTail = logTail(logPath, 2048)
+	}
 }
 
 func (p *plugin) run(rb *runningBuild, b *Build) {
 	logPath := filepath.Join(p.logsDir, b.ID+".log")
 	lg, err := openLog(logPath, p.cfg.MaxLogBytes)
-	o := outcome{results: b.Results}
-	for i := range o.results {
-		o.results[i] = ChannelResult{Channel: o.results[i].Channel, Status: StatusPending, Artifacts: []Artifact{}}
+	o := outcome{Results: make([]ChannelResult, len(b.Results))}
+	for i := range o.Results {
+		o.Results[i] = ChannelResult{Channel: b.Results[i].Channel, Status: StatusPending, Artifacts: []Artifact{}}
 	}
 	if err == nil {
 		defer lg.f.Close()
@@ -205,46 +247,64 @@ func (p *plugin) run(rb *runningBuild, b *Build) {
 			b.ID, b.AppID, b.VersionID, b.VersionCode, b.VersionName, b.Platform, strings.Join(b.Channels, ","))
 		err = p.build(rb, b, lg, &o)
 	}
-	if err != nil && o.status == "" {
-		o.status, o.reason = StatusFailed, err.Error()
-	}
-	if r := rb.stopReason(); r != "" && o.status != StatusSucceeded {
-		o.reason = r
-		o.status = StatusFailed
-		if strings.HasPrefix(r, "canceled") {
-			o.status = StatusCanceled
+	rb.pollCancel()
+	switch {
+	case err == nil:
+		o.Status = StatusSucceeded
+	case rb.stopReason() != "":
+		o.Status, o.Reason = StatusFailed, rb.stopReason()
+		if strings.HasPrefix(o.Reason, "canceled") {
+			o.Status = StatusCanceled
 		}
+	default:
+		o.Status, o.Reason = StatusFailed, err.Error()
 	}
-	if o.status == "" {
-		o.status = StatusSucceeded
-	}
-	for i := range o.results {
-		if o.results[i].Status == StatusPending {
-			o.results[i].Status = StatusSkipped
-			if o.status == StatusCanceled {
-				o.results[i].Status = StatusCanceled
+	for i := range o.Results {
+		if o.Results[i].Status == StatusPending {
+			o.Results[i].Status = StatusSkipped
+			if o.Status == StatusCanceled {
+				o.Results[i].Status = StatusCanceled
 			}
 		}
 	}
 	if lg != nil {
-		lg.notef("build %s %s%s", b.ID, o.status, func() string {
-			if o.reason != "" {
-				return ": " + o.reason
-			}
-			return ""
-		}())
+		msg := "build " + b.ID + " " + o.Status
+		if o.Reason != "" {
+			msg += ": " + o.Reason
+		}
+		lg.notef("%s", msg)
 	}
-	p.cleanWork(b.ID)
+	p.settle(rb, o)
+}
+
+// settle records the outcome: in the store, or, when the build was handed
+// over to a newer instance, in a file the adopter applies.
+func (p *plugin) settle(rb *runningBuild, o outcome) {
+	rb.mu.Lock()
+	rb.finished = true
+	detached := rb.detached
+	rb.mu.Unlock()
+	if detached {
+		b, err := json.Marshal(o)
+		if err == nil {
+			tmp := filepath.Join(rb.work, outcomeFile+".tmp")
+			if err = os.WriteFile(tmp, b, 0o644); err == nil {
+				err = os.Rename(tmp, filepath.Join(rb.work, outcomeFile))
+			}
+		}
+		if err != nil {
+			// The adopter's lease lapses and the build is failed as orphaned.
+			appendLog(filepath.Join(p.logsDir, rb.id+".log"), "[appbuild] cannot hand the result over: "+err.Error()+"\n")
+		}
+		return
+	}
+	p.cleanWork(rb.id)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err = p.finish(ctx, b.ID, func(nb *Build) {
-		nb.Status, nb.Reason, nb.ExitCode, nb.Method, nb.Results = o.status, o.reason, o.exit, o.method, o.results
-		if o.status == StatusFailed {
-			nb.LogTail = logTail(logPath, 2048)
-		}
-	})
+	logPath := filepath.Join(p.logsDir, rb.id+".log")
+	err := p.finish(ctx, rb.id, func(nb *Build) { o.apply(nb, logPath) })
 	if err != nil {
-		p.h.Logger().WithError(err).WithField("build", b.ID).Error("recording build result")
+		p.h.Logger().WithError(err).WithField("build", rb.id).Error("recording build result")
 	}
 }
 
@@ -274,23 +334,23 @@ func (p *plugin) build(rb *runningBuild, b *Build, lg *buildLog, o *outcome) err
 			return err
 		}
 		lg.notef("cannot stamp channels (%v): falling back to one recipe run per channel", err)
-		for i := range o.results {
-			o.results[i] = ChannelResult{Channel: o.results[i].Channel, Status: StatusPending, Artifacts: []Artifact{}}
+		for i := range o.Results {
+			o.Results[i] = ChannelResult{Channel: o.Results[i].Channel, Status: StatusPending, Artifacts: []Artifact{}}
 		}
 	}
-	o.method = ModePerChannel
+	o.Method = ModePerChannel
 	for i, ch := range b.Channels {
 		out := filepath.Join(work, "out-"+ch)
 		if err := p.runRecipe(rb, b, recipe, ch, out, lg, o); err != nil {
-			o.results[i].Status, o.results[i].Error = StatusFailed, err.Error()
+			o.Results[i].Status, o.Results[i].Error = StatusFailed, err.Error()
 			return err
 		}
 		arts, err := p.collect(b, out, artDir, ch)
 		if err != nil {
-			o.results[i].Status, o.results[i].Error = StatusFailed, err.Error()
+			o.Results[i].Status, o.Results[i].Error = StatusFailed, err.Error()
 			return fmt.Errorf("channel %s: %w", ch, err)
 		}
-		o.results[i].Status, o.results[i].Artifacts = StatusSucceeded, arts
+		o.Results[i].Status, o.Results[i].Artifacts = StatusSucceeded, arts
 		lg.notef("channel %s: %d file(s)", ch, len(arts))
 	}
 	return nil
@@ -313,21 +373,22 @@ func (p *plugin) stampAll(rb *runningBuild, b *Build, out, artDir string, lg *bu
 		return err
 	}
 	defer st.Close()
-	o.method = ModeStamp
+	o.Method = ModeStamp
 	stem := strings.TrimSuffix(filepath.Base(apks[0]), ".apk")
 	for i, ch := range b.Channels {
-		if err := rb.ctx.Err(); err != nil {
-			return err
+		rb.pollCancel()
+		if rb.ctx.Err() != nil {
+			return fmt.Errorf("stopped: %s", rb.stopReason())
 		}
 		name := stem + "-" + ch + ".apk"
 		t0 := time.Now()
 		res, err := st.Write(filepath.Join(artDir, name), ch, nil)
 		if err != nil {
-			o.results[i].Status, o.results[i].Error = StatusFailed, err.Error()
+			o.Results[i].Status, o.Results[i].Error = StatusFailed, err.Error()
 			return fmt.Errorf("channel %s: %w", ch, err)
 		}
-		o.results[i].Status = StatusSucceeded
-		o.results[i].Artifacts = []Artifact{{File: name, Size: res.Size, SHA256: res.SHA256, URL: p.urlPrefix + "/download/" + b.ID + "/" + name}}
+		o.Results[i].Status = StatusSucceeded
+		o.Results[i].Artifacts = []Artifact{{File: name, Size: res.Size, SHA256: res.SHA256, URL: p.urlPrefix + "/download/" + b.ID + "/" + name}}
 		lg.notef("channel %s: stamped %s (%d bytes) in %s", ch, name, res.Size, time.Since(t0).Round(time.Microsecond))
 	}
 	return nil
@@ -445,13 +506,21 @@ func (p *plugin) runRecipe(rb *runningBuild, b *Build, r Recipe, channel, out st
 	}
 	lg.notef("running %s: %s (dir %s, timeout %s)", what, strings.Join(r.Command, " "), dir, timeout)
 	t0 := time.Now()
+	rb.pollCancel()
+	if rb.ctx.Err() != nil {
+		return fmt.Errorf("%s not started: %s", what, rb.stopReason())
+	}
 	err := cmd.Start()
 	if err != nil {
 		return fmt.Errorf("start %s: %w", what, err)
 	}
+	pgid := filepath.Join(rb.work, pgidFile)
+	os.WriteFile(pgid, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
 	err = cmd.Wait()
+	os.Remove(pgid)
 	// Whatever the outcome, nothing the recipe started may outlive it.
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	rb.pollCancel()
 	if err == nil {
 		lg.notef("%s succeeded in %s", what, time.Since(t0).Round(time.Millisecond))
 		return nil
@@ -465,7 +534,7 @@ func (p *plugin) runRecipe(rb *runningBuild, b *Build, r Recipe, channel, out st
 	var ee *exec.ExitError
 	if errors.As(err, &ee) {
 		code := ee.ExitCode()
-		o.exit = &code
+		o.Exit = &code
 		lg.notef("%s failed: %v", what, err)
 		return fmt.Errorf("%s failed: %v", what, err)
 	}
