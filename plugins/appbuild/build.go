@@ -381,6 +381,9 @@ func (p *plugin) dispatch(ctx context.Context) {
 				}
 				p.launch(b)
 			}
+			if err := p.announce(ctx); err != nil && ctx.Err() == nil {
+				p.h.Logger().WithError(err).Error("renewing the instance record")
+			}
 			if err := p.adoptAndWatch(ctx); err != nil && ctx.Err() == nil {
 				p.h.Logger().WithError(err).Error("watching handed-over builds")
 			}

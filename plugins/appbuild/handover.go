@@ -159,6 +159,9 @@ func (p *plugin) handOver(ctx context.Context) []string {
 	if len(ids) == 0 {
 		return nil
 	}
+	if !p.successorLive(ctx) {
+		return ids // unload or shutdown: nobody to hand over to
+	}
 	offered := map[string]bool{}
 	for _, id := range ids {
 		err := p.store.Put(ctx, kHandover+id, mustJSON(handoverEntry{Proc: p.procID, From: p.token}), sdk.WithTTL(handoverTTL))
@@ -226,4 +229,25 @@ func (p *plugin) resolveOffer(ctx context.Context, id string) bool {
 	p.dropAdopted(id)
 	p.store.Delete(ctx, kHandover+id)
 	return true
+}
+
+// announce records this instance as live (renewed by the dispatcher), so a
+// stopping instance knows whether a successor exists in this process.
+func (p *plugin) announce(ctx context.Context) error {
+	return p.store.Put(ctx, kInstance+p.token, mustJSON(leaseEntry{Proc: p.procID, Instance: p.token}), sdk.WithTTL(leaseTTL))
+}
+
+// successorLive reports whether another instance of this process is live.
+func (p *plugin) successorLive(ctx context.Context) bool {
+	kvs, err := p.store.List(ctx, kInstance)
+	if err != nil {
+		return true // cannot tell: offer and wait
+	}
+	for _, kv := range kvs {
+		var l leaseEntry
+		if json.Unmarshal(kv.Value, &l) == nil && l.Proc == p.procID && l.Instance != p.token {
+			return true
+		}
+	}
+	return false
 }

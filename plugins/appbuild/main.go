@@ -244,6 +244,9 @@ func (p *plugin) Start(ctx context.Context) error {
 	if err := p.reapOrphans(ctx); err != nil {
 		return err
 	}
+	if err := p.announce(ctx); err != nil {
+		return err
+	}
 	p.h.Go("appbuild-dispatcher", p.dispatch)
 	return nil
 }
@@ -256,6 +259,7 @@ func (p *plugin) Stop(ctx context.Context) error {
 	p.stopping = true
 	p.mu.Unlock()
 	p.poke()
+	p.store.Delete(ctx, kInstance+p.token)
 	// Keep a little of the deadline to stop what is not adopted.
 	hctx := ctx
 	if dl, ok := ctx.Deadline(); ok {

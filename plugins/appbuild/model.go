@@ -29,6 +29,7 @@ const (
 	kActive   = "active/"   // active/<buildid> -> activeEntry (queued or running)
 	kLease    = "lease/"    // lease/<buildid> -> leaseEntry, with a TTL, renewed by the runner
 	kHandover = "handover/" // handover/<buildid> -> handoverEntry, offered by a stopping instance
+	kInstance = "instance/" // instance/<token> -> leaseEntry, with a TTL: live instances
 )
 
 // App is an application (seed: App).
