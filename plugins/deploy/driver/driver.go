@@ -26,9 +26,9 @@ type Spec struct {
 	Dir         string            `json:"dir"`
 	Env         map[string]string `json:"env,omitempty"`
 	// NumInstances is how many instances should run.
-	NumInstances int     `json:"num_instances"`
-	CPU          float64 `json:"cpu"`
-	Memory       int64   `json:"memory"`
+	NumInstances int         `json:"num_instances"`
+	CPU          float64     `json:"cpu"`
+	Memory       int64       `json:"memory"`
 	Health       spec.Health `json:"health"`
 	// Service, when set on a web proc, is the service registry name its
 	// healthy instances are registered under.

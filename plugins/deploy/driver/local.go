@@ -684,8 +684,18 @@ func (d *Local) stopInst(ctx context.Context, p *proc, in *inst) error {
 		d.mu.Unlock()
 		return nil
 	}
-	in.stopping = true
 	r := in.rec
+	d.mu.Unlock()
+	// a superseded plugin instance must not touch what the new one adopted
+	if !d.owner(ctx) {
+		return errNotOwner
+	}
+	d.mu.Lock()
+	if in.stopping {
+		d.mu.Unlock()
+		return nil
+	}
+	in.stopping = true
 	d.mu.Unlock()
 	d.setRegistered(in, false)
 	if r.State == "running" {
