@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/plugd/plugd/sdk"
@@ -489,6 +491,9 @@ func (p *plugin) reapOrphans(ctx context.Context) error {
 			continue
 		}
 		p.h.Logger().WithField("build", id).Warn("marking orphaned build failed: " + reason)
+		if killStaleGroup(filepath.Join(p.workDir, id), id) {
+			reason += "; its leftover recipe processes were killed"
+		}
 		appendLog(filepath.Join(p.logsDir, id+".log"), "[appbuild] "+reason+"\n")
 		err = p.finish(ctx, id, func(b *Build) {
 			b.Status, b.Reason = StatusFailed, reason
@@ -643,4 +648,25 @@ func procStart(pid int) string {
 		return ""
 	}
 	return f[19] // field 22: starttime
+}
+
+// killStaleGroup kills the recipe process group a dead runner left behind
+// (a host killed with SIGKILL leaves its recipe running), if the group's
+// leader is still that build's recipe: its environment names the build, so
+// a reused pid is never hit.
+func killStaleGroup(work, id string) bool {
+	b, err := os.ReadFile(filepath.Join(work, pgidFile))
+	if err != nil {
+		return false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		return false
+	}
+	env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	env = append([]byte{0}, env...)
+	if err != nil || !bytes.Contains(env, []byte("\x00APPBUILD_BUILD_ID="+id+"\x00")) {
+		return false
+	}
+	return syscall.Kill(-pid, syscall.SIGKILL) == nil
 }

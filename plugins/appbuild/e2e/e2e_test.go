@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -395,6 +396,24 @@ plugins:
 	resp, again := c.raw("GET", firstPath, "")
 	if resp.StatusCode != 200 || !bytes.Equal(again, firstData) {
 		t.Fatalf("artifact after restart: %d", resp.StatusCode)
+	}
+	// A host killed outright: after it comes back, the build is failed as
+	// interrupted and the recipe it left running is killed.
+	kb := startBuild(newVersion("sleep-31"), "huawei")
+	c.waitBuild(kb, 30*time.Second, "running")
+	time.Sleep(500 * time.Millisecond)
+	if out, _ := exec.Command("pgrep", "-f", "sleep 31").Output(); len(bytes.TrimSpace(out)) == 0 {
+		t.Fatal("recipe not running before the kill")
+	}
+	syscall.Kill(h.Pid(), syscall.SIGKILL)
+	h.Restart(t)
+	got = c.waitBuild(kb, 30*time.Second, "failed", "succeeded", "canceled")
+	if got["status"] != "failed" || !strings.Contains(got["reason"].(string), "interrupted by restart") ||
+		!strings.Contains(got["reason"].(string), "killed") {
+		t.Fatalf("build running when the host was killed: %v", got)
+	}
+	if out, _ := exec.Command("pgrep", "-f", "sleep 31").Output(); len(bytes.TrimSpace(out)) != 0 {
+		t.Fatalf("recipe of the killed host still running: %s", out)
 	}
 	// And builds still work after the restart.
 	if b := c.waitBuild(startBuild(verID, "and-a0"), 60*time.Second, "succeeded", "failed"); b["status"] != "succeeded" {
