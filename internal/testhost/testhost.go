@@ -100,6 +100,8 @@ type Options struct {
 	// Watch turns the drop-in watcher on (off by default in tests, so
 	// that compiling a plugin does not load it behind the test's back).
 	Watch bool
+	// CheckTimeout bounds the trial load (default 60s: CI machines are slow).
+	CheckTimeout string
 	// Env is added to the host's environment.
 	Env []string
 }
@@ -127,8 +129,11 @@ func Start(t testing.TB, opt Options) *Host {
 		ConfigPath: filepath.Join(dir, "plugd.yaml"), logPath: filepath.Join(dir, "plugd.log")}
 	h.Addr = fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 	h.URL = "http://" + h.Addr
-	cfg := fmt.Sprintf("listen: %s\nplugins_dir: %s\ndata_dir: %s\nwatch: %v\ncheck_timeout: 60s\ndrain_timeout: 20s\n%s\n",
-		h.Addr, h.PluginsDir, h.DataDir, opt.Watch, opt.Config)
+	if opt.CheckTimeout == "" {
+		opt.CheckTimeout = "60s"
+	}
+	cfg := fmt.Sprintf("listen: %s\nplugins_dir: %s\ndata_dir: %s\nwatch: %v\ncheck_timeout: %s\ndrain_timeout: 20s\n%s\n",
+		h.Addr, h.PluginsDir, h.DataDir, opt.Watch, opt.CheckTimeout, opt.Config)
 	if err := os.MkdirAll(h.PluginsDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
