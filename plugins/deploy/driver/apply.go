@@ -116,7 +116,7 @@ func (d *Local) Apply(ctx context.Context, s Spec, progress func(string)) error 
 				return fail(err)
 			}
 			fresh = append(fresh, in)
-			if err := d.waitHealthy(ctx, in); err != nil {
+			if err := d.waitHealthy(ctx, in, true); err != nil {
 				_ = d.stopInst(ctx, p, in)
 				return fail(err)
 			}
@@ -164,15 +164,16 @@ func (d *Local) scale(ctx context.Context, p *proc, s Spec, progress func(string
 			fresh = append(fresh, in)
 		}
 		// also wait for existing instances that are not healthy yet
+		var older []*inst
 		for _, in := range cur {
 			d.mu.Lock()
 			h := in.healthy
 			d.mu.Unlock()
 			if !h {
-				fresh = append(fresh, in)
+				older = append(older, in)
 			}
 		}
-		return d.waitAll(ctx, fresh)
+		return errors.Join(d.waitAll(ctx, fresh, true), d.waitAll(ctx, older, false))
 	case len(cur) > s.NumInstances:
 		extra := cur[s.NumInstances:]
 		progress(fmt.Sprintf("stopping %d instance(s) of %s", len(extra), s.Proc))
@@ -186,7 +187,7 @@ func (d *Local) scale(ctx context.Context, p *proc, s Spec, progress func(string
 		}
 		d.mu.Unlock()
 	}
-	return d.waitAll(ctx, pending)
+	return d.waitAll(ctx, pending, false)
 }
 
 // scaleToHash is scale for a rollback: start instances of s, then stop
@@ -222,14 +223,14 @@ func (d *Local) stopAll(ctx context.Context, p *proc, list []*inst) error {
 	return errors.Join(errs...)
 }
 
-func (d *Local) waitAll(ctx context.Context, list []*inst) error {
+func (d *Local) waitAll(ctx context.Context, list []*inst, fresh bool) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(list))
 	for i, in := range list {
 		wg.Add(1)
 		d.safeGo(func() {
 			defer wg.Done()
-			errs[i] = d.waitHealthy(ctx, in)
+			errs[i] = d.waitHealthy(ctx, in, fresh)
 		})
 	}
 	wg.Wait()
@@ -239,7 +240,7 @@ func (d *Local) waitAll(ctx context.Context, list []*inst) error {
 // waitHealthy waits until the instance passes its health check, fails if
 // it exits or stays unhealthy past its start timeout. The caller holds the
 // proc's op lock, so the supervisor is not watching this instance.
-func (d *Local) waitHealthy(ctx context.Context, in *inst) error {
+func (d *Local) waitHealthy(ctx context.Context, in *inst, fresh bool) error {
 	d.mu.Lock()
 	r := in.rec
 	d.mu.Unlock()
@@ -250,13 +251,24 @@ func (d *Local) waitHealthy(ctx context.Context, in *inst) error {
 		r = in.rec
 		d.mu.Unlock()
 		if r.State != "running" {
-			return fmt.Errorf("instance %s did not start: %s%s", r.ID, r.LastExit, logTail(r.Log, 5))
-		}
-		if ok, why := probeExit(r.PID, r.StartTicks); !ok {
+			if fresh {
+				return fmt.Errorf("instance %s did not start: %s%s", r.ID, r.LastExit, logTail(r.Log, 5))
+			}
+			// an older instance in backoff: restart it when due (the
+			// supervisor leaves this proc alone while we hold its lock)
+			last = fmt.Errorf("in backoff after: %s", r.LastExit)
+			if !time.Now().Before(r.NextRestart) {
+				if err := d.restart(ctx, in); errors.Is(err, errNotOwner) {
+					return err
+				}
+			}
+		} else if ok, why := probeExit(r.PID, r.StartTicks); !ok {
 			_ = d.crashed(ctx, in, why)
-			return fmt.Errorf("instance %s %s before becoming healthy%s", r.ID, why, logTail(r.Log, 5))
-		}
-		if last = probe(ctx, &r.Spec, r.Port, r.Started); last == nil {
+			if fresh {
+				return fmt.Errorf("instance %s %s before becoming healthy%s", r.ID, why, logTail(r.Log, 5))
+			}
+			last = fmt.Errorf("%s", why)
+		} else if last = probe(ctx, &r.Spec, r.Port, r.Started); last == nil {
 			d.mu.Lock()
 			in.healthy, in.fails, in.lastProb, in.lastHealthErr = true, 0, time.Now(), ""
 			d.mu.Unlock()
