@@ -273,12 +273,34 @@ func TestNewerDependencyRefused(t *testing.T) {
 	}
 }
 
-// TestHostWithoutCgoRefused: a CGO_ENABLED=0 host cannot load plugins.
-func TestHostWithoutCgoRefused(t *testing.T) {
-	nocgo := filepath.Join(t.TempDir(), "plugd")
-	if err := goCmd(repoRoot(t), []string{"CGO_ENABLED=0"}, "build", "-trimpath", "-o", nocgo, "./pcompile/internal/loadtest"); err != nil {
+// patchHost writes a copy of the test host with every old replaced by new
+// (same length, so the build info stays well formed): a cheap way to get a
+// host binary whose build info says something else.
+func patchHost(t *testing.T, old, new string) string {
+	t.Helper()
+	if len(old) != len(new) {
+		t.Fatalf("patch %q -> %q changes the length", old, new)
+	}
+	_, host := tools(t)
+	data, err := os.ReadFile(host)
+	if err != nil {
 		t.Fatal(err)
 	}
+	if !bytes.Contains(data, []byte(old)) {
+		t.Fatalf("host binary does not contain %q", old)
+	}
+	fake := filepath.Join(t.TempDir(), "plugd")
+	if err := os.WriteFile(fake, bytes.ReplaceAll(data, []byte(old), []byte(new)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return fake
+}
+
+// TestHostWithoutCgoRefused: a CGO_ENABLED=0 host cannot load plugins.
+func TestHostWithoutCgoRefused(t *testing.T) {
+	// The build info of a host built with CGO_ENABLED=0 (building one for
+	// real recompiles the standard library: slow on a cold cache).
+	nocgo := patchHost(t, "\tCGO_ENABLED=1\n", "\tCGO_ENABLED=0\n")
 	r := pcompile(t, t.TempDir(), "-host", nocgo, "-src", repoRoot(t), "-o", t.TempDir(), filepath.Join(repoRoot(t), "pcompile", "testdata", "hello"))
 	if r.code != 1 || !strings.Contains(r.stderr, "CGO_ENABLED=0") || !strings.Contains(r.stderr, "cannot load plugins") {
 		t.Fatalf("exit %d, stderr:\n%s", r.code, r.stderr)
@@ -288,25 +310,13 @@ func TestHostWithoutCgoRefused(t *testing.T) {
 // TestToolchainMismatchRefused: a host whose recorded Go version differs
 // from the local toolchain is refused, naming both.
 func TestToolchainMismatchRefused(t *testing.T) {
-	_, host := tools(t)
-	data, err := os.ReadFile(host)
-	if err != nil {
-		t.Fatal(err)
-	}
 	v, err := exec.Command("go", "env", "GOVERSION").Output()
 	if err != nil {
 		t.Fatal(err)
 	}
 	local := strings.TrimSpace(string(v))
-	// Same length, so the build info stays well formed.
 	other := local[:len(local)-1] + map[bool]string{true: "1", false: "0"}[strings.HasSuffix(local, "0")]
-	if !bytes.Contains(data, []byte(local)) {
-		t.Fatalf("host binary does not contain %q", local)
-	}
-	fake := filepath.Join(t.TempDir(), "plugd")
-	if err := os.WriteFile(fake, bytes.ReplaceAll(data, []byte(local), []byte(other)), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	fake := patchHost(t, local, other)
 	r := pcompile(t, t.TempDir(), "-host", fake, "-src", repoRoot(t), "-o", t.TempDir(), filepath.Join(repoRoot(t), "pcompile", "testdata", "hello"))
 	if r.code != 1 {
 		t.Fatalf("exit %d, want 1; stderr:\n%s", r.code, r.stderr)
