@@ -207,7 +207,7 @@ func TestGateway(t *testing.T) {
 					Trim  bool `json:"trim_routing_key_prefix"`
 					Retry int  `json:"retry_count"`
 				} `json:"reverse_proxy"`
-				LoadBalance struct{ Strategy string } `json:"load_balance"`
+				LoadBalance struct{ Strategy string }    `json:"load_balance"`
 				RateLimiter struct{ Rate, Peak float64 } `json:"rate_limiter"`
 				Breaker     struct {
 					MaxFailures int    `json:"max_failures"`
@@ -460,7 +460,7 @@ func TestGateway(t *testing.T) {
 		g.t = t
 		reset(good, bad)
 		g.ok("PUT", "/management/config/reverse_proxy", `{"service_name":"flaky","config":{"trim_routing_key_prefix":true,"retry_count":0}}`)
-		g.ok("PUT", "/management/config/breaker", `{"service_name":"flaky","config":{"max_failures":3,"half_open_max_requests":1,"open_timeout":"1s","interval":"30s"}}`)
+		g.ok("PUT", "/management/config/breaker", `{"service_name":"flaky","config":{"max_failures":3,"half_open_max_requests":1,"open_timeout":"2s","interval":"30s"}}`)
 		bad.status.Store(500)
 		fails := 0
 		for i := 0; i < 40; i++ {
@@ -475,7 +475,7 @@ func TestGateway(t *testing.T) {
 		if !strings.Contains(string(data), `"instance_id":"bad","address":"`+bad.addr()+`","healthy":true,"weight":1,"load":0,"breaker_state":"open"`) {
 			t.Fatalf("state: %s", data)
 		}
-		time.Sleep(1200 * time.Millisecond)
+		time.Sleep(2200 * time.Millisecond)
 		data = g.ok("GET", "/management/upstream/service/state?service_name=flaky", "")
 		if !strings.Contains(string(data), `"breaker_state":"half-open"`) {
 			t.Fatalf("after open_timeout: %s", data)
@@ -681,7 +681,7 @@ func TestGateway(t *testing.T) {
 		t.Logf("swap under load: %d requests, none failed", okN.Load())
 		// the new version serves with the state the old one stored
 		data := g.ok("GET", "/management/config?service_name=flaky", "")
-		if !strings.Contains(string(data), `"open_timeout":"1s"`) {
+		if !strings.Contains(string(data), `"open_timeout":"2s"`) {
 			t.Fatalf("config lost in swap: %s", data)
 		}
 	})
