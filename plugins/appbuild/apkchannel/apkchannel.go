@@ -287,9 +287,9 @@ func WithPair(pairs []Pair, id uint32, value []byte) []Pair {
 	return out
 }
 
-// Stamper writes channel packages of one signed APK. It parses the source
-// once and hashes its unchanged prefix once, so each package costs a file
-// copy (which the kernel may do without reading the data) plus a few KiB.
+// Stamper writes channel packages of one signed APK; it is not safe for
+// concurrent use. It parses the source once and hashes its unchanged prefix
+// once, so each package costs an in-kernel file copy plus a few KiB.
 type Stamper struct {
 	src    *os.File
 	apk    *APK
@@ -374,8 +374,13 @@ func (s *Stamper) Write(dst, channel string, extra map[string]string) (Result, e
 			os.Remove(dst)
 		}
 	}()
-	// *os.File to *os.File: io.Copy uses copy_file_range where it can.
-	if _, err := io.Copy(out, io.NewSectionReader(s.src, 0, s.apk.BlockOffset)); err != nil {
+	// File to file through an io.LimitedReader of the *os.File: the kernel
+	// copies (copy_file_range, a reflink on filesystems that share extents)
+	// without the data passing through this process.
+	if _, err := s.src.Seek(0, io.SeekStart); err != nil {
+		return Result{}, err
+	}
+	if _, err := io.CopyN(out, s.src, s.apk.BlockOffset); err != nil {
 		return Result{}, fmt.Errorf("apkchannel: copy entries: %w", err)
 	}
 	h := sha256.New()
