@@ -120,6 +120,7 @@ type Local struct {
 	mu     sync.Mutex // guards procs, ports and all inst/proc fields
 	procs  map[string]*proc
 	ports  map[int]bool
+	rss    map[int]int64 // pgid → resident bytes, this tick
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	done   chan struct{}
@@ -348,11 +349,25 @@ func (d *Local) owner(ctx context.Context) bool {
 	return err == nil && string(v) == d.id
 }
 
+// groupRSS is the resident memory of a process group, from a scan of
+// /proc made at most once per tick.
+func (d *Local) groupRSS(pgid int) int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.rss == nil {
+		d.rss = rssByGroup()
+	}
+	return d.rss[pgid]
+}
+
 // tick is one supervision pass over every proc not busy with an Apply.
 func (d *Local) tick(ctx context.Context) error {
 	if !d.owner(ctx) {
 		return errNotOwner
 	}
+	d.mu.Lock()
+	d.rss = nil
+	d.mu.Unlock()
 	d.mu.Lock()
 	ps := make([]*proc, 0, len(d.procs))
 	for _, p := range d.procs {
@@ -473,7 +488,7 @@ func (d *Local) checkRunning(ctx context.Context, in *inst) error {
 	sp := in.rec.Spec
 	d.mu.Unlock()
 	if d.lim.watchdog() && sp.Memory > 0 {
-		if rss := groupRSS(pid); rss > sp.Memory {
+		if rss := d.groupRSS(pid); rss > sp.Memory {
 			d.log().Warnf("driver: %s/%s uses %d bytes > memory limit %d: killing", in.rec.App, in.rec.ID, rss, sp.Memory)
 			killGroup(pid, ticks, syscall.SIGKILL)
 			why := fmt.Sprintf("killed: resident memory %d bytes above the limit %d", rss, sp.Memory)
@@ -758,6 +773,11 @@ func (d *Local) setRegistered(in *inst, on bool) {
 	r := in.rec
 	d.mu.Unlock()
 	if !r.Spec.Web() || r.Spec.Service == "" || d.cfg.Services == nil {
+		return
+	}
+	// a late probe of a superseded plugin instance must not undo what the
+	// new owner registered
+	if !d.owner(context.Background()) {
 		return
 	}
 	id := r.App + "/" + r.ID

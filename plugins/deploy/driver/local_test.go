@@ -256,3 +256,53 @@ func TestMemoryWatchdog(t *testing.T) {
 		return strings.Contains(s.Instances[0].LastExit, "resident memory")
 	})
 }
+
+// A swap in the middle of a rollout: the old driver loses ownership and
+// stops; the new one rolls the proc back to the previous spec without
+// touching the old instances.
+func TestSwapDuringRollout(t *testing.T) {
+	dir := buildWebapp(t)
+	h := sdktest.NewHost(t, "deploy.v1")
+	d1 := newDriver(t, h)
+	ctx := context.Background()
+	if err := d1.Apply(ctx, webSpec(dir, "v1", 2, nil), nil); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := d1.Status("hello", "web")
+	old := pids(st)
+	bad := webSpec(dir, "v2", 2, map[string]string{"FAIL_HEALTH": "1"})
+	bad.Health.Start = 4 * time.Second
+	done := make(chan error, 1)
+	go func() { done <- d1.Apply(ctx, bad, nil) }()
+	waitFor(t, "the rollout's first new instance", 5*time.Second, func() bool {
+		s, _ := d1.Status("hello", "web")
+		return len(s.Instances) == 3
+	})
+	d2 := newDriver(t, h)
+	t.Cleanup(func() { _ = d2.Remove(ctx, "hello", "web") })
+	err := <-done
+	t.Logf("old rollout: %v", err)
+	if err == nil || !strings.Contains(err.Error(), "taken over") {
+		t.Fatalf("old driver's rollout: %v", err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := d1.Stop(sctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "rollback by the new driver", 10*time.Second, func() bool {
+		s, _ := d2.Status("hello", "web")
+		return s.MetaVersion == "v1" && len(s.Instances) == 2 && s.Healthy == 2
+	})
+	st2, _ := d2.Status("hello", "web")
+	for p := range old {
+		if !pids(st2)[p] || !alive(p) {
+			t.Fatalf("old instance %d was not kept: %+v", p, st2)
+		}
+	}
+	for _, r := range h.Services().Instances("hello") {
+		if r.Metadata["meta_version"] != "v1" {
+			t.Fatalf("registry has %+v", r)
+		}
+	}
+}

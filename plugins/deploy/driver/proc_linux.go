@@ -45,23 +45,23 @@ func rssBytes(pid int) int64 {
 	return pages * int64(os.Getpagesize())
 }
 
-// groupRSS sums the RSS of every process in process group pgid.
-func groupRSS(pgid int) int64 {
+// rssByGroup sums the resident memory of every process by process group.
+func rssByGroup() map[int]int64 {
+	out := map[int]int64{}
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
-		return rssBytes(pgid)
+		return out
 	}
-	var sum int64
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		if g, err := syscall.Getpgid(pid); err == nil && g == pgid {
-			sum += rssBytes(pid)
+		if g, err := syscall.Getpgid(pid); err == nil {
+			out[g] += rssBytes(pid)
 		}
 	}
-	return sum
+	return out
 }
 
 // exitText describes a wait status.
