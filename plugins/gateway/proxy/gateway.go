@@ -12,6 +12,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/plugd/plugd/plugins/gateway/balance"
 	"github.com/plugd/plugd/plugins/gateway/breaker"
@@ -172,6 +173,9 @@ func (g *Gateway) Remove(name string) {
 	g.services.Store(&m)
 	if sn := s.load(); sn != nil {
 		sn.transport.CloseIdleConnections()
+		for _, u := range sn.ups {
+			u.pool.Load().close()
+		}
 	}
 }
 
@@ -192,6 +196,9 @@ func (g *Gateway) SetConfig(name string, cfg conf.Service, isDefault bool) error
 	if cfg.ReverseProxy != old.cfg.ReverseProxy {
 		sn.transport = newTransport(cfg.ReverseProxy, g.opt.MaxIdleConnsPerHost)
 		defer old.transport.CloseIdleConnections()
+		for _, u := range sn.ups {
+			g.setPool(u, cfg.ReverseProxy)
+		}
 	}
 	if cfg.RateLimiter != old.cfg.RateLimiter || s.limiter.Load() == nil && cfg.RateLimiter.Rate > 0 {
 		s.limiter.Store(limit.New(cfg.RateLimiter))
@@ -207,6 +214,17 @@ func (g *Gateway) SetConfig(name string, cfg conf.Service, isDefault bool) error
 		return err
 	}
 	return nil
+}
+
+// setPool gives u a new connection pool built for rp, closing the old one.
+func (g *Gateway) setPool(u *Upstream, rp conf.ReverseProxy) {
+	dial, _ := conf.Duration("dial_timeout", rp.DialTimeout, 5*time.Second)
+	if dial <= 0 {
+		dial = 5 * time.Second
+	}
+	if old := u.pool.Swap(newH1Pool(u.Inst.Address, dial, g.opt.MaxIdleConnsPerHost)); old != nil {
+		old.close()
+	}
 }
 
 func (g *Gateway) setBreaker(service string, u *Upstream, c conf.Breaker) error {
@@ -268,6 +286,7 @@ func (g *Gateway) SetInstances(name string, insts []sdk.Instance) error {
 			if err := g.setBreaker(name, u, sn.cfg.Breaker); err != nil {
 				return err
 			}
+			g.setPool(u, sn.cfg.ReverseProxy)
 		}
 		sn.ups = append(sn.ups, u)
 	}
@@ -303,6 +322,9 @@ func (g *Gateway) Close() {
 	for _, s := range *g.services.Load() {
 		if sn := s.load(); sn != nil {
 			sn.transport.CloseIdleConnections()
+			for _, u := range sn.ups {
+				u.pool.Load().close()
+			}
 		}
 	}
 }

@@ -306,7 +306,20 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 			out.GetBody = nil
 		}
 		u.inflight.Add(1)
-		resp, err := sn.transport.RoundTrip(out)
+		var resp *http.Response
+		var ex *h1Exchange
+		if sn.scheme == "http" {
+			pool := u.pool.Load()
+			resp, ex, err = pool.roundTrip(out, false)
+			if err == errStale && (body != nil || r.Body == nil) {
+				if body != nil {
+					out.Body = io.NopCloser(bytes.NewReader(body))
+				}
+				resp, ex, err = pool.roundTrip(out, true)
+			}
+		} else {
+			resp, err = sn.transport.RoundTrip(out)
+		}
 		attempts++
 		canRetry := attempts <= sn.retries && replayable
 		if err != nil {
@@ -328,8 +341,8 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 		if resp.StatusCode >= 500 {
 			done(errUpstream5xx)
 			if canRetry && idempotent(r.Method) && (resp.StatusCode == 502 || resp.StatusCode == 503 || resp.StatusCode == 504) {
-				io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 				resp.Body.Close()
+				ex.done(false)
 				u.inflight.Add(-1)
 				s.m.retries.Add(1)
 				continue
@@ -337,7 +350,8 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 		} else {
 			done(nil)
 		}
-		copyResponse(w, resp)
+		clean := copyResponse(w, resp)
+		ex.done(clean && !resp.Close)
 		u.inflight.Add(-1)
 		return
 	}
@@ -348,7 +362,9 @@ var (
 	httpsVal = []string{"https"}
 )
 
-func copyResponse(w http.ResponseWriter, resp *http.Response) {
+// copyResponse sends resp to w; it reports whether the body was read to
+// its end (so the upstream connection can be reused).
+func copyResponse(w http.ResponseWriter, resp *http.Response) (clean bool) {
 	defer resp.Body.Close()
 	dst := w.Header()
 	removeHop(resp.Header)
@@ -381,6 +397,7 @@ func copyResponse(w http.ResponseWriter, resp *http.Response) {
 			}
 		}
 		if err != nil {
+			clean = err == io.EOF
 			break
 		}
 	}
@@ -388,6 +405,7 @@ func copyResponse(w http.ResponseWriter, resp *http.Response) {
 	for k, vv := range resp.Trailer {
 		dst[http.TrailerPrefix+k] = vv
 	}
+	return clean
 }
 
 // forwardUpgrade passes a protocol upgrade (WebSocket) through with

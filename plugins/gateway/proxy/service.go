@@ -27,6 +27,7 @@ type live struct {
 	inflight atomic.Int64
 	healthy  atomic.Bool
 	br       atomic.Pointer[breaker.Breaker]
+	pool     atomic.Pointer[h1Pool]
 	// health check streaks, touched only by the checker goroutine
 	okStreak, failStreak int
 }
