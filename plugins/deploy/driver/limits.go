@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strings"
 	"syscall"
+	"unsafe"
 
 	"github.com/plugd/plugd/plugins/deploy/spec"
 )
@@ -23,6 +24,8 @@ type limiter interface {
 	prepare(s *Spec, instID string, cmd *exec.Cmd) (cleanup func(), err error)
 	// watchdog reports whether the supervisor must enforce memory itself.
 	watchdog() bool
+	// started runs right after the process started.
+	started(pid int)
 }
 
 // newLimiter picks cgroup v2 when asked or when "auto" finds a writable
@@ -65,6 +68,13 @@ func (rlimitLimiter) describe(s *Spec) Limits {
 	return l
 }
 
+// started turns core dumps off: a crash-looping instance must not fill the
+// disk with cores.
+func (rlimitLimiter) started(pid int) {
+	lim := syscall.Rlimit{Cur: 0, Max: 0}
+	_, _, _ = syscall.RawSyscall6(syscall.SYS_PRLIMIT64, uintptr(pid), uintptr(syscall.RLIMIT_CORE), uintptr(unsafe.Pointer(&lim)), 0, 0, 0)
+}
+
 func (rlimitLimiter) prepare(s *Spec, _ string, cmd *exec.Cmd) (func(), error) {
 	if s.CPU > 0 {
 		cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", gomaxprocs(s.CPU)))
@@ -80,6 +90,8 @@ type cgroupLimiter struct{ base string }
 
 func (cgroupLimiter) mode() string   { return "cgroup-v2" }
 func (cgroupLimiter) watchdog() bool { return false }
+
+func (cgroupLimiter) started(int) {}
 
 func (c cgroupLimiter) describe(s *Spec) Limits {
 	l := Limits{Mode: "cgroup-v2", CPU: "unlimited", Memory: "unlimited"}

@@ -662,6 +662,7 @@ func (d *Local) spawn(ctx context.Context, in *inst, r instRecord) error {
 			return err
 		}
 		pid := cmd.Process.Pid
+		d.lim.started(pid)
 		_ = cmd.Process.Release() // reaped with wait4 by whoever supervises
 		ticks, _, err := startTicks(pid)
 		if err != nil {

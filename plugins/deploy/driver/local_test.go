@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -239,6 +241,15 @@ func TestMemoryWatchdog(t *testing.T) {
 		t.Logf("limits mode %s: watchdog not used", d.LimitsMode())
 		return
 	}
+	// children inherit our core limit: make it non-zero (within the hard
+	// limit) so that the check below means something
+	var saved syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_CORE, &saved); err == nil && saved.Max > 0 {
+		raised := syscall.Rlimit{Cur: min(saved.Max, 1<<20), Max: saved.Max}
+		if err := syscall.Setrlimit(syscall.RLIMIT_CORE, &raised); err == nil {
+			t.Cleanup(func() { _ = syscall.Setrlimit(syscall.RLIMIT_CORE, &saved) })
+		}
+	}
 	ctx := context.Background()
 	s := webSpec(dir, "v1", 1, nil)
 	s.Memory = 64 << 20
@@ -249,6 +260,10 @@ func TestMemoryWatchdog(t *testing.T) {
 	st, _ := d.Status("hello", "web")
 	if !strings.Contains(st.Limits.Memory, "watchdog") {
 		t.Fatalf("limits: %+v", st.Limits)
+	}
+	limits, err := os.ReadFile("/proc/" + strconv.Itoa(st.Instances[0].PID) + "/limits")
+	if err != nil || !regexp.MustCompile(`Max core file size\s+0\s+0`).Match(limits) {
+		t.Fatalf("core dumps not off: %v\n%s", err, limits)
 	}
 	http.Get("http://" + st.Instances[0].Address + "/alloc?mb=100")
 	waitFor(t, "memory kill", 10*time.Second, func() bool {
