@@ -125,14 +125,15 @@ func serve(args []string) error {
 		Handler:           (&admin.Server{Manager: mgr, Log: log, Token: token}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
-	// Serve before restoring so the API answers while plugins load.
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	log.WithFields(logrus.Fields{"listen": ln.Addr().String(), "plugins": cfg.PluginsDir, "data": cfg.DataDir}).Info("plugd serving")
-
+	// Restore before serving: the socket is bound (a port conflict fails at
+	// once) and early clients wait in its queue, so nobody sees a 404 for a
+	// plugin that is about to be restored.
 	if err := mgr.Restore(ctx); err != nil {
 		log.WithError(err).Error("restoring the loaded set")
 	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.WithFields(logrus.Fields{"listen": ln.Addr().String(), "plugins": cfg.PluginsDir, "data": cfg.DataDir}).Info("plugd serving")
 	if cfg.WatchEnabled() {
 		w := &dropin.Watcher{Dir: cfg.PluginsDir, Loader: ld, Manager: mgr, Log: log}
 		go func() {
