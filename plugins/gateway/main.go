@@ -16,6 +16,7 @@ import (
 	"github.com/plugd/plugd/plugins/gateway/conf"
 	"github.com/plugd/plugd/plugins/gateway/control"
 	"github.com/plugd/plugd/plugins/gateway/manage"
+	"github.com/plugd/plugd/plugins/gateway/proxy"
 	"github.com/plugd/plugd/sdk"
 )
 
@@ -30,11 +31,14 @@ var Plugin = sdk.Declaration{
 func main() {}
 
 type gateway struct {
-	h       sdk.Host
-	cfg     conf.Plugin
-	ctl     *control.Control
-	api     *manage.API
-	srv     *http.Server
+	h   sdk.Host
+	cfg conf.Plugin
+	ctl *control.Control
+	api *manage.API
+	srv interface {
+		Serve(net.Listener) error
+		Shutdown(context.Context) error
+	}
 	ln      net.Listener
 	serving atomic.Bool
 }
@@ -64,11 +68,11 @@ func (g *gateway) Start(ctx context.Context) error {
 		return fmt.Errorf("gateway data plane on %s: %w", g.cfg.Listen, err)
 	}
 	g.ln = ln
-	g.srv = &http.Server{
-		Handler:           g.ctl.GW,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		ErrorLog:          nil,
+	if g.cfg.Engine == "std" {
+		g.srv = &http.Server{Handler: g.ctl.GW, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+	} else {
+		g.srv = &proxy.Server{Handler: g.ctl.GW, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
+			Logger: g.h.Logger()}
 	}
 	g.serving.Store(true)
 	srv := g.srv
@@ -81,7 +85,7 @@ func (g *gateway) Start(ctx context.Context) error {
 	g.h.Go("registry-watch", g.ctl.WatchRegistry)
 	g.h.Go("health-checks", g.ctl.GW.RunHealthChecks)
 	g.h.Go("variables-flush", g.ctl.FlushVariables)
-	g.h.Logger().Infof("data plane on %s, prefix %s", ln.Addr(), g.cfg.Prefix)
+	g.h.Logger().Infof("data plane on %s, prefix %s, engine %s", ln.Addr(), g.cfg.Prefix, g.cfg.Engine)
 	return nil
 }
 

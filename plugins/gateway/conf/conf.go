@@ -204,11 +204,15 @@ type Plugin struct {
 	Services map[string]StaticService `yaml:"services"`
 	// MaxIdleConnsPerHost sizes the keep-alive pool per upstream.
 	MaxIdleConnsPerHost int `yaml:"max_idle_conns_per_host"`
+	// Engine is the data plane's HTTP server: "fast" (the gateway's own
+	// HTTP/1.1 server, default) or "std" (net/http's, which also cancels
+	// the upstream request when the client goes away mid-request).
+	Engine string `yaml:"engine"`
 }
 
 // DefaultPlugin returns the plugin config before the YAML is applied.
 func DefaultPlugin() Plugin {
-	return Plugin{Listen: "127.0.0.1:8080", Prefix: "/", MaxIdleConnsPerHost: 512}
+	return Plugin{Listen: "127.0.0.1:8080", Prefix: "/", MaxIdleConnsPerHost: 512, Engine: "fast"}
 }
 
 // Normalize validates the plugin config.
@@ -242,6 +246,13 @@ func (p *Plugin) Normalize() error {
 				return fmt.Errorf("gateway.services.%s.config: %w", name, err)
 			}
 		}
+	}
+	switch p.Engine {
+	case "", "fast":
+		p.Engine = "fast"
+	case "std":
+	default:
+		return fmt.Errorf("gateway.engine must be fast or std, got %q", p.Engine)
 	}
 	if p.MaxIdleConnsPerHost <= 0 {
 		p.MaxIdleConnsPerHost = 512

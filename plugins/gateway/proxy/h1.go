@@ -88,7 +88,9 @@ var aLongTimeAgo = time.Unix(1, 0)
 // sent again on a new connection.
 var errStale = errors.New("stale keep-alive connection")
 
-func safeHeaderValue(v string) bool { return strings.IndexByte(v, '\r') < 0 && strings.IndexByte(v, '\n') < 0 }
+func safeHeaderValue(v string) bool {
+	return strings.IndexByte(v, '\r') < 0 && strings.IndexByte(v, '\n') < 0
+}
 
 // writeRequest writes out (URL already pointing at the upstream) in HTTP/1.1.
 func writeRequest(bw *bufio.Writer, out *http.Request) error {

@@ -1,0 +1,464 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// Server is the data plane's HTTP/1.1 server. It replaces net/http's
+// server on the hot path: one goroutine per connection reads a request,
+// runs the handler and writes the answer straight into the connection's
+// buffer, without net/http's per-request background reader (a goroutine
+// and a syscall per request) and response machinery. Keep-alive,
+// pipelined requests, chunked bodies both ways, HEAD, Expect:
+// 100-continue, HTTP/1.0 and Hijack (for WebSocket upgrades) are handled.
+//
+// Shutdown is graceful like http.Server's: stop accepting, close idle
+// connections, let busy ones finish their request, then close them.
+type Server struct {
+	Handler           http.Handler
+	ReadHeaderTimeout time.Duration
+	IdleTimeout       time.Duration
+	Logger            logrus.FieldLogger
+
+	mu       sync.Mutex
+	conns    map[*fconn]struct{}
+	ln       net.Listener
+	shutting atomic.Bool
+	wg       sync.WaitGroup
+}
+
+type fconn struct {
+	c    net.Conn
+	idle atomic.Bool
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = http.ErrServerClosed
+
+// Serve accepts connections on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.conns == nil {
+		s.conns = map[*fconn]struct{}{}
+	}
+	s.ln = ln
+	s.mu.Unlock()
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.shutting.Load() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTooManyFiles) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		fc := &fconn{c: c}
+		fc.idle.Store(true)
+		s.mu.Lock()
+		if s.shutting.Load() {
+			s.mu.Unlock()
+			c.Close()
+			return ErrServerClosed
+		}
+		s.conns[fc] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go s.serveConn(fc)
+	}
+}
+
+var errTooManyFiles = errors.New("too many open files")
+
+// Shutdown stops accepting, closes idle connections and waits for the busy
+// ones to finish their current request (or ctx to end, then closes them).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutting.Store(true)
+	s.mu.Lock()
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	for fc := range s.conns {
+		if fc.idle.Load() {
+			// wake the reader; it sees shutting and closes
+			fc.c.SetReadDeadline(aLongTimeAgo)
+		}
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+			s.mu.Lock()
+			for fc := range s.conns {
+				fc.c.Close()
+			}
+			s.mu.Unlock()
+			return ctx.Err()
+		case <-t.C:
+			s.mu.Lock()
+			for fc := range s.conns {
+				if fc.idle.Load() {
+					fc.c.SetReadDeadline(aLongTimeAgo)
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+func (s *Server) forget(fc *fconn) {
+	s.mu.Lock()
+	delete(s.conns, fc)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+var readerPool, writerPool sync.Pool
+
+// maxHeaderBytes bounds a request head, as http.Server's default does.
+const maxHeaderBytes = 1<<20 + 4096
+
+// limitReader reads at most n bytes from r (n is reset per request).
+type limitReader struct {
+	r net.Conn
+	n int64
+}
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errors.New("request head too large")
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
+
+func (s *Server) serveConn(fc *fconn) {
+	c := fc.c
+	hijacked := false
+	defer func() {
+		if p := recover(); p != nil && s.Logger != nil {
+			s.Logger.Errorf("data plane connection panicked: %v\n%s", p, debug.Stack())
+		}
+		if !hijacked {
+			c.Close()
+		}
+		s.forget(fc)
+	}()
+	lr := &limitReader{r: c}
+	br, _ := readerPool.Get().(*bufio.Reader)
+	if br == nil {
+		br = bufio.NewReaderSize(lr, 8<<10)
+	} else {
+		br.Reset(lr)
+	}
+	bw, _ := writerPool.Get().(*bufio.Writer)
+	if bw == nil {
+		bw = bufio.NewWriterSize(c, 8<<10)
+	} else {
+		bw.Reset(c)
+	}
+	defer func() {
+		if !hijacked {
+			br.Reset(nil)
+			bw.Reset(nil)
+			readerPool.Put(br)
+			writerPool.Put(bw)
+		}
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	remote := c.RemoteAddr().String()
+	w := &fastWriter{bw: bw, h: make(http.Header, 8), conn: c, br: br}
+	idle := s.IdleTimeout
+	if idle <= 0 {
+		idle = 120 * time.Second
+	}
+	hdrTO := s.ReadHeaderTimeout
+	if hdrTO <= 0 {
+		hdrTO = 10 * time.Second
+	}
+	for {
+		// wait for the next request as an idle connection
+		fc.idle.Store(true)
+		if s.shutting.Load() {
+			return
+		}
+		c.SetReadDeadline(time.Now().Add(idle))
+		lr.n = maxHeaderBytes
+		if _, err := br.Peek(1); err != nil {
+			return
+		}
+		fc.idle.Store(false)
+		c.SetReadDeadline(time.Now().Add(hdrTO))
+		req, err := http.ReadRequest(br)
+		lr.n = math.MaxInt64
+		if err != nil {
+			if err != io.EOF {
+				bw.WriteString("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 12\r\n\r\nbad request\n")
+				bw.Flush()
+			}
+			return
+		}
+		c.SetReadDeadline(time.Time{})
+		req.RemoteAddr = remote
+		req = req.WithContext(ctx)
+		if req.ProtoMajor == 1 && req.ProtoMinor == 1 && req.ContentLength != 0 && req.Header.Get("Expect") == "100-continue" {
+			// the body is wanted: tell the client to send it
+			bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+			bw.Flush()
+			req.Header.Del("Expect")
+		}
+		w.reset(req)
+		s.Handler.ServeHTTP(w, req)
+		if w.hijacked {
+			hijacked = true
+			return
+		}
+		if err := w.finish(); err != nil {
+			return
+		}
+		// read what the handler left of the body, within reason
+		if req.Body != nil && req.Body != http.NoBody {
+			n, err := io.CopyN(io.Discard, req.Body, 256<<10)
+			if err != io.EOF && !(err == nil && n == 0) {
+				return
+			}
+			req.Body.Close()
+		}
+		if w.closeAfter || req.Close || s.shutting.Load() {
+			return
+		}
+	}
+}
+
+// fastWriter is the http.ResponseWriter of Server.
+type fastWriter struct {
+	bw         *bufio.Writer
+	br         *bufio.Reader
+	conn       net.Conn
+	req        *http.Request
+	h          http.Header
+	status     int
+	cl, n      int64 // declared Content-Length (-1 none) and body bytes written
+	wrote      bool
+	chunked    bool
+	noBody     bool
+	closeAfter bool
+	hijacked   bool
+	err        error
+}
+
+func (w *fastWriter) reset(r *http.Request) {
+	clear(w.h)
+	w.req, w.status, w.wrote, w.chunked, w.noBody, w.closeAfter, w.err = r, 0, false, false, false, false, nil
+	w.cl, w.n = -1, 0
+}
+
+func (w *fastWriter) Header() http.Header { return w.h }
+
+var dateCache atomic.Pointer[[2]string] // unix second, formatted
+
+func httpDate() string {
+	now := time.Now()
+	sec := strconv.FormatInt(now.Unix(), 10)
+	if d := dateCache.Load(); d != nil && d[0] == sec {
+		return d[1]
+	}
+	d := &[2]string{sec, now.UTC().Format(http.TimeFormat)}
+	dateCache.Store(d)
+	return d[1]
+}
+
+func (w *fastWriter) WriteHeader(code int) {
+	if w.wrote || w.hijacked {
+		return
+	}
+	if code < 100 || code > 999 {
+		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
+	}
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		return // informational answers are not relayed
+	}
+	w.wrote = true
+	w.status = code
+	bw := w.bw
+	req := w.req
+	w.noBody = req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified || code < 200
+	cl, hasCL := w.h["Content-Length"]
+	if hasCL {
+		v, err := strconv.ParseInt(cl[0], 10, 64)
+		if err != nil || v < 0 || len(cl) != 1 {
+			delete(w.h, "Content-Length")
+			hasCL = false
+		} else {
+			w.cl = v
+		}
+	}
+	delete(w.h, "Transfer-Encoding")
+	if !hasCL && !w.noBody {
+		if req.ProtoAtLeast(1, 1) {
+			w.chunked = true
+		} else {
+			w.closeAfter = true
+		}
+	}
+	if req.Close {
+		w.closeAfter = true
+	}
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(strconv.Itoa(code))
+	bw.WriteByte(' ')
+	bw.WriteString(http.StatusText(code))
+	bw.WriteString("\r\n")
+	for k, vv := range w.h {
+		if len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix {
+			continue
+		}
+		for _, v := range vv {
+			if !safeHeaderValue(v) {
+				continue
+			}
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
+	}
+	if _, ok := w.h["Date"]; !ok {
+		bw.WriteString("Date: ")
+		bw.WriteString(httpDate())
+		bw.WriteString("\r\n")
+	}
+	if w.chunked {
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	}
+	if w.closeAfter {
+		bw.WriteString("Connection: close\r\n")
+	} else if !req.ProtoAtLeast(1, 1) {
+		bw.WriteString("Connection: keep-alive\r\n")
+	}
+	bw.WriteString("\r\n")
+}
+
+func (w *fastWriter) Write(p []byte) (int, error) {
+	if w.hijacked {
+		return 0, http.ErrHijacked
+	}
+	if !w.wrote {
+		if _, ok := w.h["Content-Type"]; !ok && len(p) > 0 {
+			w.h["Content-Type"] = []string{http.DetectContentType(p)}
+		}
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.noBody || len(p) == 0 {
+		return len(p), nil
+	}
+	if w.chunked {
+		w.bw.WriteString(strconv.FormatInt(int64(len(p)), 16))
+		w.bw.WriteString("\r\n")
+	}
+	n, err := w.bw.Write(p)
+	w.n += int64(n)
+	if err == nil && w.chunked {
+		_, err = w.bw.WriteString("\r\n")
+	}
+	if err != nil {
+		w.err = err
+	}
+	return n, err
+}
+
+func (w *fastWriter) Flush() {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	if err := w.bw.Flush(); err != nil {
+		w.err = err
+	}
+}
+
+// FlushError is what http.ResponseController calls.
+func (w *fastWriter) FlushError() error {
+	w.Flush()
+	return w.err
+}
+
+func (w *fastWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.wrote {
+		return nil, nil, errors.New("hijack after the response began")
+	}
+	w.hijacked = true
+	return w.conn, bufio.NewReadWriter(w.br, w.bw), nil
+}
+
+// finish ends the response: the status if none was written, the last
+// chunk and trailers, and a flush.
+func (w *fastWriter) finish() error {
+	if !w.wrote {
+		if _, ok := w.h["Content-Length"]; !ok {
+			w.h["Content-Length"] = zeroLen
+		}
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.chunked && w.err == nil {
+		w.bw.WriteString("0\r\n")
+		for k, vv := range w.h {
+			if len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix {
+				for _, v := range vv {
+					if safeHeaderValue(v) {
+						w.bw.WriteString(k[len(http.TrailerPrefix):])
+						w.bw.WriteString(": ")
+						w.bw.WriteString(v)
+						w.bw.WriteString("\r\n")
+					}
+				}
+			}
+		}
+		w.bw.WriteString("\r\n")
+	}
+	if w.err != nil {
+		return w.err
+	}
+	if !w.noBody && w.cl >= 0 && w.n != w.cl {
+		// the body fell short of (or beyond) its Content-Length: the
+		// connection's framing is lost, so it must close
+		w.bw.Flush()
+		return fmt.Errorf("response body of %d bytes, Content-Length %d", w.n, w.cl)
+	}
+	return w.bw.Flush()
+}
+
+var zeroLen = []string{"0"}
