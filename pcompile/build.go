@@ -32,6 +32,7 @@ type builder struct {
 	host     *debug.BuildInfo // its build info
 	outDir   string           // where .so files go, as given by -o
 	keep     bool             // keep the temporary build dir
+	verbose  bool             // go build -v: show compiled packages on stderr
 	stderr   io.Writer
 	goFlags  []string // go build flags derived from the host
 	goEnv    []string // environment overrides derived from the host
@@ -260,6 +261,13 @@ func (b *builder) build(dir string) (res *result, err error) {
 	if err := cmd.Run(); err != nil {
 		return nil, &buildError{fmt.Sprintf("go %s (in %s): %v\n%s", strings.Join(args, " "), modDir, err,
 			strings.TrimSpace(strings.ReplaceAll(out.String(), modPath, "<plugin>")))}
+	}
+	if b.verbose {
+		for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+			if l != "" {
+				fmt.Fprintf(b.stderr, "pcompile: %s: compiled %s\n", name, l)
+			}
+		}
 	}
 
 	// Final check: what was built must pass the same comparison the host

@@ -1,7 +1,7 @@
 // Command pcompile builds plugd plugins that a given plugd binary can load,
 // and checks built plugins against it.
 //
-//	pcompile [-o DIR] [-host BIN] [-src DIR] [-keep] PLUGIN_DIR...
+//	pcompile [-o DIR] [-host BIN] [-src DIR] [-keep] [-v] PLUGIN_DIR...
 //	pcompile check [-host BIN] [-src DIR] FILE.so
 //
 // Every build is a new file (<name>-<buildid>.so) and a new plugin path for
@@ -35,7 +35,7 @@ func usage(fs *flag.FlagSet, stderr io.Writer, check bool) func() {
 		if check {
 			fmt.Fprintln(stderr, "usage: pcompile check [-host BIN] [-src DIR] FILE.so")
 		} else {
-			fmt.Fprintln(stderr, "usage: pcompile [-o DIR] [-host BIN] [-src DIR] [-keep] PLUGIN_DIR...\n       pcompile check [-host BIN] FILE.so")
+			fmt.Fprintln(stderr, "usage: pcompile [-o DIR] [-host BIN] [-src DIR] [-keep] [-v] PLUGIN_DIR...\n       pcompile check [-host BIN] FILE.so")
 		}
 		fs.PrintDefaults()
 	}
@@ -52,8 +52,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	hostBin := fs.String("host", "", "host binary whose toolchain, settings and modules the plugin must match (default: plugd next to pcompile, else bin/plugd in the source tree)")
 	srcDir := fs.String("src", "", "the host's source tree, a directory whose go.mod is module "+hostModule+" (default: found above pcompile's own directory, then above the current directory)")
 	var outDir *string
-	var keep *bool
+	var keep, verbose *bool
 	if !check {
+		verbose = fs.Bool("v", false, "print the packages that go build compiles (not taken from the build cache) on stderr")
 		outDir = fs.String("o", filepath.Join("var", "plugins"), "output directory for the .so files")
 		keep = fs.Bool("keep", false, "keep the temporary build directory (its path is printed on stderr)")
 	}
@@ -91,6 +92,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	b, err := newBuilder(src, hb, *outDir, *keep, stderr)
+	if err == nil && *verbose {
+		b.goFlags = append(b.goFlags, "-v")
+		b.verbose = true
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "pcompile:", err)
 		return 1

@@ -104,12 +104,13 @@ func pcompile(t *testing.T, tmp string, args ...string) runResult {
 
 var soName = regexp.MustCompile(`^[a-z0-9_]+-[0-9a-z]+-[0-9a-f]{12}\.so$`)
 
-// build runs pcompile on one plugin dir and returns the printed path.
-func build(t *testing.T, out, dir string) (string, time.Duration) {
+// build runs pcompile -v on one plugin dir and returns the printed path,
+// the time it took and the packages go build compiled.
+func build(t *testing.T, out, dir string) (string, time.Duration, []string) {
 	t.Helper()
 	_, host := tools(t)
 	tmp := t.TempDir()
-	r := pcompile(t, tmp, "-host", host, "-src", repoRoot(t), "-o", out, dir)
+	r := pcompile(t, tmp, "-v", "-host", host, "-src", repoRoot(t), "-o", out, dir)
 	if r.code != 0 {
 		t.Fatalf("pcompile %s: exit %d\n%s", dir, r.code, r.stderr)
 	}
@@ -128,7 +129,27 @@ func build(t *testing.T, out, dir string) (string, time.Duration) {
 	if len(left) != 0 {
 		t.Errorf("pcompile left %d entries in its temp dir (first %s)", len(left), left[0].Name())
 	}
-	return path, r.took
+	var compiled []string
+	for _, m := range regexp.MustCompile(`(?m)^pcompile: \S+: compiled (\S+)$`).FindAllStringSubmatch(r.stderr, -1) {
+		compiled = append(compiled, m[1])
+	}
+	return path, r.took, compiled
+}
+
+// onlyPluginCompiled fails unless every package go build compiled (did not
+// take from the cache) is one of the plugin's own, renamed packages.
+func onlyPluginCompiled(t *testing.T, what string, compiled []string, want int) {
+	t.Helper()
+	n := 0
+	for _, p := range compiled {
+		if !strings.HasPrefix(p, buildModulePrefix) {
+			t.Errorf("%s: shared package %s was recompiled instead of coming from the build cache", what, p)
+		}
+		n++
+	}
+	if n != want {
+		t.Errorf("%s: compiled %d packages %v, want the plugin's %d", what, n, compiled, want)
+	}
 }
 
 // load opens all files in ONE host process and returns its output lines.
@@ -186,8 +207,11 @@ func TestSuccessiveBuildsLoadInOneProcess(t *testing.T) {
 
 	// In-tree: the same source twice. Without a new plugin path per build,
 	// the second open would fail with "plugin already loaded".
-	intree1, first := build(t, out, filepath.Join(root, "pcompile", "testdata", "hello"))
-	intree2, again := build(t, out, filepath.Join(root, "pcompile", "testdata", "hello"))
+	intree1, first, _ := build(t, out, filepath.Join(root, "pcompile", "testdata", "hello"))
+	intree2, again, compiled := build(t, out, filepath.Join(root, "pcompile", "testdata", "hello"))
+	// Everything shared comes from the build cache: only the plugin's two
+	// packages (main and greet, under their new path) are compiled.
+	onlyPluginCompiled(t, "second in-tree build", compiled, 2)
 
 	// A copy of hello as its own module, edited between builds.
 	mod := filepath.Join(t.TempDir(), "hello")
@@ -207,18 +231,20 @@ func TestSuccessiveBuildsLoadInOneProcess(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	v1, _ := build(t, out, mod)
+	v1, _, _ := build(t, out, mod)
 	edit(t, filepath.Join(mod, "main.go"), `"main-1"`, `"main-2"`)
 	edit(t, filepath.Join(mod, "greet", "greet.go"), `"greet-1"`, `"greet-2"`)
-	v2, oneLine := build(t, out, mod)
+	v2, oneLine, compiled := build(t, out, mod)
+	onlyPluginCompiled(t, "build after a one-line change", compiled, 2)
 	edit(t, filepath.Join(mod, "greet", "greet.go"), `return "greet-2"`, `return strings.ToUpper("greet-3")`)
 	edit(t, filepath.Join(mod, "greet", "greet.go"), "package greet\n", "package greet\n\nimport \"strings\"\n")
 	edit(t, filepath.Join(mod, "main.go"), `"main-2"`, `"main-3"`)
-	v3, _ := build(t, out, mod)
+	v3, _, compiled := build(t, out, mod)
+	onlyPluginCompiled(t, "build after a change with a new import", compiled, 2)
 
 	// A plugin in its own module outside the tree, requiring an older
 	// logrus than the host (MVS selects the host's).
-	ext, _ := build(t, out, filepath.Join(root, "pcompile", "testdata", "extmod"))
+	ext, _, _ := build(t, out, filepath.Join(root, "pcompile", "testdata", "extmod"))
 
 	files := []string{intree1, intree2, v1, v2, v3, ext}
 	got := load(t, files...)
@@ -353,7 +379,7 @@ func TestCheck(t *testing.T) {
 	}
 
 	// A pcompile build passes, module lines included.
-	good, _ := build(t, dir, filepath.Join(repoRoot(t), "pcompile", "testdata", "hello"))
+	good, _, _ := build(t, dir, filepath.Join(repoRoot(t), "pcompile", "testdata", "hello"))
 	r = check(good)
 	if r.code != 0 || strings.Contains(r.stdout, "[KO]") || !strings.Contains(r.stdout, "[OK] module github.com/sirupsen/logrus") {
 		t.Fatalf("pcompile build: exit %d\n%s%s", r.code, r.stdout, r.stderr)
