@@ -479,6 +479,9 @@ func (p *plugin) reapOrphans(ctx context.Context) error {
 		switch {
 		case errors.Is(err, sdk.ErrNotFound):
 			reason = "interrupted: its runner stopped renewing its lease (host restarted or plugin instance stopped while it ran)"
+			if b, err := p.getBuild(ctx, id); err == nil && b.RunnerID != p.procID && processGone(b.RunnerID) {
+				reason = "interrupted by restart: the host process that ran it is gone"
+			}
 		case err != nil:
 			return err
 		default:

@@ -399,11 +399,16 @@ plugins:
 	}
 	// A host killed outright: after it comes back, the build is failed as
 	// interrupted and the recipe it left running is killed.
-	kb := startBuild(newVersion("sleep-31"), "huawei")
+	kb := startBuild(newVersion("sleep-31.7"), "huawei")
 	c.waitBuild(kb, 30*time.Second, "running")
-	time.Sleep(500 * time.Millisecond)
-	if out, _ := exec.Command("pgrep", "-f", "sleep 31").Output(); len(bytes.TrimSpace(out)) == 0 {
-		t.Fatal("recipe not running before the kill")
+	for i := 0; ; i++ {
+		if out, _ := exec.Command("pgrep", "-fx", `sleep 31\.7`).Output(); len(bytes.TrimSpace(out)) > 0 {
+			break
+		}
+		if i == 200 {
+			t.Fatal("recipe not running 10s after the build started")
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	syscall.Kill(h.Pid(), syscall.SIGKILL)
 	h.Restart(t)
@@ -412,7 +417,7 @@ plugins:
 		!strings.Contains(got["reason"].(string), "killed") {
 		t.Fatalf("build running when the host was killed: %v", got)
 	}
-	if out, _ := exec.Command("pgrep", "-f", "sleep 31").Output(); len(bytes.TrimSpace(out)) != 0 {
+	if out, _ := exec.Command("pgrep", "-fx", `sleep 31\.7`).Output(); len(bytes.TrimSpace(out)) != 0 {
 		t.Fatalf("recipe of the killed host still running: %s", out)
 	}
 	// And builds still work after the restart.
