@@ -1,0 +1,171 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/plugd/plugd/plugins/gateway/conf"
+	"github.com/plugd/plugd/sdk"
+)
+
+// startStack runs upstream <- Gateway <- Server on loopback and returns
+// the server's address.
+func startStack(t *testing.T, up http.HandlerFunc) string {
+	t.Helper()
+	us := httptest.NewServer(up)
+	t.Cleanup(us.Close)
+	g := New(Options{})
+	if err := g.SetConfig("svc", conf.Default(), true); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.SetInstances("svc", []sdk.Instance{{ID: "u", Address: strings.TrimPrefix(us.URL, "http://")}}); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{Handler: g}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := <-done; err != ErrServerClosed {
+			t.Errorf("Serve returned %v", err)
+		}
+		g.Close()
+	})
+	return ln.Addr().String()
+}
+
+func TestServerBodiesBothWays(t *testing.T) {
+	addr := startStack(t, func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		switch r.URL.Path {
+		case "/stream":
+			for i := 0; i < 3; i++ {
+				fmt.Fprintf(w, "part%d;", i)
+				w.(http.Flusher).Flush()
+			}
+		case "/empty":
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			w.Header().Set("X-Len", fmt.Sprint(len(b), r.ContentLength, r.TransferEncoding))
+			w.Write(b)
+		}
+	})
+	c := &http.Client{}
+	// chunked request body (unknown length), streamed response
+	resp, err := c.Post("http://"+addr+"/svc/echo", "text/plain", io.MultiReader(strings.NewReader("abc"), strings.NewReader("def")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "abcdef" || resp.Header.Get("X-Len") != "6 -1 [chunked]" {
+		t.Fatalf("chunked echo: %q %q", b, resp.Header.Get("X-Len"))
+	}
+	resp, err = c.Get("http://" + addr + "/svc/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "part0;part1;part2;" {
+		t.Fatalf("stream: %q", b)
+	}
+	req, _ := http.NewRequest("HEAD", "http://"+addr+"/svc/echo", nil)
+	resp, err = c.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("HEAD: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	resp, err = c.Get("http://" + addr + "/svc/empty")
+	if err != nil || resp.StatusCode != 204 {
+		t.Fatalf("204: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	// 100-continue
+	req, _ = http.NewRequest("PUT", "http://"+addr+"/svc/echo", strings.NewReader("continued"))
+	req.Header.Set("Expect", "100-continue")
+	resp, err = (&http.Client{Transport: &http.Transport{ExpectContinueTimeout: 5 * time.Second}}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "continued" {
+		t.Fatalf("100-continue: %q", b)
+	}
+}
+
+func TestServerPipeliningAndHTTP10(t *testing.T) {
+	addr := startStack(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.URL.Path) })
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "GET /svc/one HTTP/1.1\r\nHost: x\r\n\r\nGET /svc/two HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReader(conn)
+	for _, want := range []string{"/one", "/two"} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if string(b) != want {
+			t.Fatalf("pipelined: %q, want %q", b, want)
+		}
+	}
+	// HTTP/1.0 without keep-alive: answered, then closed
+	c2, _ := net.Dial("tcp", addr)
+	defer c2.Close()
+	io.WriteString(c2, "GET /svc/old HTTP/1.0\r\n\r\n")
+	all, _ := io.ReadAll(c2)
+	if !strings.HasPrefix(string(all), "HTTP/1.1 200 OK\r\n") || !strings.HasSuffix(string(all), "/old") {
+		t.Fatalf("HTTP/1.0: %q", all)
+	}
+	// garbage gets 400 and a close
+	c3, _ := net.Dial("tcp", addr)
+	defer c3.Close()
+	io.WriteString(c3, "NOT HTTP\r\n\r\n")
+	all, _ = io.ReadAll(c3)
+	if !strings.HasPrefix(string(all), "HTTP/1.1 400") {
+		t.Fatalf("garbage: %q", all)
+	}
+}
+
+func TestServerShortUpstreamBodyClosesConnection(t *testing.T) {
+	addr := startStack(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100")
+		io.WriteString(w, "only a part")
+		// the handler returns early: the upstream connection closes short
+	})
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "GET /svc/x HTTP/1.1\r\nHost: x\r\n\r\n")
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	all, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("connection not closed: %v", err)
+	}
+	if !strings.Contains(string(all), "Content-Length: 100") || !strings.HasSuffix(string(all), "only a part") {
+		t.Fatalf("got %q", all)
+	}
+}
