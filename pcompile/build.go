@@ -279,6 +279,20 @@ func (b *builder) build(dir string) (res *result, err error) {
 	if len(ms) > 0 {
 		return nil, &buildError{"the built plugin does not match the host " + b.hostBin + ":\n  " + joinMismatches(ms, "\n  ")}
 	}
+	// And the check plugin.Open itself makes: the fingerprint of every
+	// package both contain. It catches what build info cannot show, such as
+	// a host binary built from an older SDK than the source tree's.
+	ms, checked, err := compat.ComparePackages(b.hostBin, tmpOut)
+	if err != nil {
+		return nil, fmt.Errorf("package check: %w", err)
+	}
+	if len(ms) > 0 {
+		return nil, &buildError{fmt.Sprintf("the built plugin compiles %d shared package(s) differently from the host %s "+
+			"(was the host built from another version of %s?):\n  %s", len(ms), b.hostBin, b.src, summarize(ms, 5))}
+	}
+	if checked == 0 {
+		fmt.Fprintf(b.stderr, "pcompile: warning: %s has no package fingerprints (does it import \"plugin\"?); only build info was compared\n", b.hostBin)
+	}
 	final := filepath.Join(b.outDir, file)
 	if err := os.Rename(tmpOut, final); err != nil {
 		return nil, err
@@ -288,6 +302,20 @@ func (b *builder) build(dir string) (res *result, err error) {
 		res.BuildDir = tmp
 	}
 	return res, nil
+}
+
+// summarize lists the first n mismatches, one a line, and counts the rest.
+func summarize(ms []compat.Mismatch, n int) string {
+	var s []string
+	for i, m := range ms {
+		if i == n {
+			s = append(s, fmt.Sprintf("... and %d more", len(ms)-n))
+			break
+		}
+		m.Fix = ""
+		s = append(s, m.String())
+	}
+	return strings.Join(s, "\n  ") + "\n  fix: " + ms[0].Fix
 }
 
 func joinMismatches(ms []compat.Mismatch, sep string) string {

@@ -7,6 +7,10 @@ import (
 	"github.com/plugd/plugd/internal/compat"
 )
 
+// maxPackageLines bounds the [KO] package lines: a toolchain or setting
+// mismatch makes every shared package differ.
+const maxPackageLines = 10
+
 // checkReport prints a KrakenD check-plugin style report of file against
 // the host binary: one [OK]/[KO] line per compared item, then the fixes.
 // It returns 0 when everything matches, 1 on a mismatch, 2 when the plugin
@@ -43,13 +47,39 @@ func checkReport(file, hostBin string, stdout, stderr io.Writer) int {
 		m.Fix = "" // fixes are listed at the end
 		fmt.Fprintf(stdout, "[KO] %s\n", m)
 	}
+	pms, checked, err := compat.ComparePackages(hostBin, file)
+	switch {
+	case err != nil:
+		fmt.Fprintf(stdout, "[KO] packages: cannot compare: %v\n", err)
+		bad = append(bad, compat.Check{Mismatch: compat.Mismatch{What: "packages", Fix: err.Error()}})
+	case len(pms) > 0:
+		for i, m := range pms {
+			if i == maxPackageLines {
+				fmt.Fprintf(stdout, "[KO] ... and %d more packages\n", len(pms)-i)
+				break
+			}
+			m.Fix = ""
+			fmt.Fprintf(stdout, "[KO] %s\n", m)
+		}
+		bad = append(bad, compat.Check{Mismatch: compat.Mismatch{
+			What: fmt.Sprintf("packages (%d of %d shared differ)", len(pms), checked), Fix: pms[0].Fix}})
+	case checked == 0:
+		fmt.Fprintf(stdout, "[??] packages: the host has no package fingerprints (does it import \"plugin\"?): not compared\n")
+	default:
+		fmt.Fprintf(stdout, "[OK] packages: %d shared packages have the same fingerprint\n", checked)
+	}
 	if len(bad) == 0 {
+		if checked > 0 {
+			checks = append(checks, compat.Check{OK: true})
+		}
 		fmt.Fprintf(stdout, "compatible: %d checks passed (plugin.Open stays the final test: plugd check %s)\n", len(checks), file)
 		return 0
 	}
 	fmt.Fprintf(stdout, "%d mismatch(es). Fixes:\n", len(bad))
+	fixes := map[string]bool{}
 	for _, c := range bad {
-		if c.Fix != "" {
+		if c.Fix != "" && !fixes[c.Fix] {
+			fixes[c.Fix] = true
 			fmt.Fprintf(stdout, "  %s: %s\n", c.What, c.Fix)
 		}
 	}

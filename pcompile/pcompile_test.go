@@ -6,6 +6,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -16,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/plugd/plugd/internal/compat"
 )
 
 var (
@@ -372,7 +375,8 @@ func TestCheck(t *testing.T) {
 	if r.code != 1 {
 		t.Fatalf("plain build: exit %d, want 1\n%s%s", r.code, r.stdout, r.stderr)
 	}
-	for _, want := range []string{"[KO] -trimpath: host has true, plugin has false", "[OK] go version", "[OK] CGO_ENABLED: 1", "Fixes:", "rebuild the plugin with pcompile"} {
+	for _, want := range []string{"[KO] -trimpath: host has true, plugin has false", "[OK] go version", "[OK] CGO_ENABLED: 1",
+		"[KO] package internal/goarch: host has ", "Fixes:", "rebuild the plugin with pcompile"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("report lacks %q:\n%s", want, r.stdout)
 		}
@@ -381,7 +385,8 @@ func TestCheck(t *testing.T) {
 	// A pcompile build passes, module lines included.
 	good, _, _ := build(t, dir, filepath.Join(repoRoot(t), "pcompile", "testdata", "hello"))
 	r = check(good)
-	if r.code != 0 || strings.Contains(r.stdout, "[KO]") || !strings.Contains(r.stdout, "[OK] module github.com/sirupsen/logrus") {
+	if r.code != 0 || strings.Contains(r.stdout, "[KO]") || !strings.Contains(r.stdout, "[OK] module github.com/sirupsen/logrus") ||
+		!regexp.MustCompile(`\[OK\] packages: [1-9][0-9]+ shared packages have the same fingerprint`).MatchString(r.stdout) {
 		t.Fatalf("pcompile build: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 
@@ -446,5 +451,46 @@ func TestUsageErrors(t *testing.T) {
 		if r.code == 0 || strings.TrimSpace(r.stderr) == "" || r.stdout != "" {
 			t.Errorf("pcompile %q: exit %d, stdout %q, stderr %q", args, r.code, r.stdout, r.stderr)
 		}
+	}
+}
+
+// TestHostFromOtherSDKSource: a host binary whose SDK package differs from
+// the source tree's (here: its fingerprint bytes patched, as if sdk/ had
+// been edited after the host was built) is caught, although its build info
+// is identical: `pcompile check` reports the package, and a build is
+// refused and leaves no file.
+func TestHostFromOtherSDKSource(t *testing.T) {
+	_, host := tools(t)
+	dir := t.TempDir()
+	good, _, _ := build(t, dir, filepath.Join(repoRoot(t), "pcompile", "testdata", "hello"))
+
+	hashes, err := compat.PackageHashes(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, ok := hashes["github.com/plugd/plugd/sdk"]
+	if !ok {
+		t.Fatalf("the host has no fingerprint for the SDK (%d packages)", len(hashes))
+	}
+	raw, _ := hex.DecodeString(h)
+	flipped := make([]byte, len(raw))
+	for i, c := range raw {
+		flipped[i] = ^c
+	}
+	patched := patchHost(t, string(raw), string(flipped))
+
+	r := pcompile(t, t.TempDir(), "check", "-host", patched, good)
+	if r.code != 1 || !strings.Contains(r.stdout, "[KO] package github.com/plugd/plugd/sdk: host has "+hex.EncodeToString(flipped)) ||
+		!strings.Contains(r.stdout, "[OK] -trimpath") {
+		t.Errorf("check: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+
+	out := filepath.Join(t.TempDir(), "plugins")
+	r = pcompile(t, t.TempDir(), "-host", patched, "-src", repoRoot(t), "-o", out, filepath.Join(repoRoot(t), "pcompile", "testdata", "hello"))
+	if r.code != 1 || !strings.Contains(r.stderr, "package github.com/plugd/plugd/sdk") || !strings.Contains(r.stderr, "differently from the host") {
+		t.Errorf("build: exit %d\n%s", r.code, r.stderr)
+	}
+	if entries, _ := os.ReadDir(out); len(entries) != 0 {
+		t.Errorf("a refused build left %d files in the output dir", len(entries))
 	}
 }

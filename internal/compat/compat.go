@@ -259,3 +259,74 @@ func HostBuildInfo() (*debug.BuildInfo, error) {
 	}
 	return bi, nil
 }
+
+// pkgHashPrefix names the 8-byte fingerprint the linker stores for every
+// package in a binary that can use plugins (and in every plugin). It is what
+// plugin.Open compares ("plugin was built with a different version of
+// package P"), and it sits in the dynamic symbol table, so stripped binaries
+// keep it.
+const pkgHashPrefix = "go:link.pkghashbytes."
+
+// PackageHashes reads the per-package fingerprints of a host binary that
+// imports "plugin", or of a plugin. A binary that cannot use plugins has
+// none (an empty map).
+func PackageHashes(path string) (map[string]string, error) {
+	f, err := elf.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	syms, err := f.DynamicSymbols()
+	if err != nil && !errors.Is(err, elf.ErrNoSymbols) {
+		return nil, fmt.Errorf("%s: dynamic symbols: %w", path, err)
+	}
+	out := map[string]string{}
+	for _, s := range syms {
+		pkg, ok := strings.CutPrefix(s.Name, pkgHashPrefix)
+		if !ok || s.Size == 0 || s.Size > 64 || int(s.Section) >= len(f.Sections) {
+			continue
+		}
+		sect := f.Sections[s.Section]
+		if s.Value < sect.Addr || sect.Type == elf.SHT_NOBITS {
+			continue
+		}
+		buf := make([]byte, s.Size)
+		if _, err := sect.ReadAt(buf, int64(s.Value-sect.Addr)); err != nil {
+			return nil, fmt.Errorf("%s: %s: %w", path, s.Name, err)
+		}
+		out[pkg] = fmt.Sprintf("%x", buf)
+	}
+	return out, nil
+}
+
+// ComparePackages compares the fingerprints of every package that both the
+// host binary and the plugin file contain: the check plugin.Open makes,
+// done without loading anything. Unlike build info it also catches a host
+// built from other source of a shared package (an edited SDK, a replaced
+// module). checked is the number of packages compared; 0 means the host
+// cannot use plugins (it does not import "plugin") or is not readable that
+// way, and nothing was proved.
+func ComparePackages(hostPath, pluginPath string) (ms []Mismatch, checked int, err error) {
+	h, err := PackageHashes(hostPath)
+	if err != nil {
+		return nil, 0, fmt.Errorf("host: %w", err)
+	}
+	p, err := PackageHashes(pluginPath)
+	if err != nil {
+		return nil, 0, fmt.Errorf("plugin: %w", err)
+	}
+	var pkgs []string
+	for pkg := range p {
+		if _, ok := h[pkg]; ok {
+			pkgs = append(pkgs, pkg)
+		}
+	}
+	sort.Strings(pkgs)
+	for _, pkg := range pkgs {
+		if h[pkg] != p[pkg] {
+			ms = append(ms, Mismatch{What: "package " + pkg, Host: h[pkg], Plugin: p[pkg],
+				Fix: "host and plugin were compiled from different source or settings for this package: build both from the same tree (make build, or pcompile -src <the host's source tree>)"})
+		}
+	}
+	return ms, len(pkgs), nil
+}

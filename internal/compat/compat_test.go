@@ -277,3 +277,24 @@ func TestCheckFileErrors(t *testing.T) {
 		expectErr(write("trunc.so", data[:n]), "truncated")
 	}
 }
+
+// TestPackageHashesWithoutPlugin: a binary that does not import "plugin"
+// (this test binary) has no package fingerprints; that is not an error, and
+// ComparePackages says nothing was compared.
+func TestPackageHashesWithoutPlugin(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := PackageHashes(self)
+	if err != nil || len(h) != 0 {
+		t.Fatalf("got %d hashes, %v", len(h), err)
+	}
+	ms, n, err := ComparePackages(self, self)
+	if err != nil || n != 0 || len(ms) != 0 {
+		t.Fatalf("got %v %d %v", ms, n, err)
+	}
+	if _, _, err := ComparePackages(self, filepath.Join(t.TempDir(), "missing.so")); err == nil || !strings.Contains(err.Error(), "plugin") {
+		t.Fatalf("a missing plugin file: %v", err)
+	}
+}
