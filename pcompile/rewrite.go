@@ -74,9 +74,13 @@ func copyTree(src, dst, oldPrefix, newPrefix string) (int, error) {
 		}
 		if strings.HasSuffix(path, ".go") {
 			var n int
-			data, n, err = rewriteImports(path, data, oldPrefix, newPrefix)
+			var imports []string
+			data, n, imports, err = rewriteImports(path, data, oldPrefix, newPrefix)
 			if err != nil {
 				return err
+			}
+			if err := forbiddenImport(imports); err != nil {
+				return fmt.Errorf("%s: %w", path, err)
 			}
 			rewritten += n
 		}
@@ -89,21 +93,24 @@ func copyTree(src, dst, oldPrefix, newPrefix string) (int, error) {
 // oldPrefix or below it ("oldPrefix/...") by the same path under newPrefix.
 // It edits the import specs at their parsed positions only, so the rest of
 // the file (comments, strings, formatting) stays byte for byte the same.
-func rewriteImports(filename string, src []byte, oldPrefix, newPrefix string) ([]byte, int, error) {
+//
+// It also returns every import path of the file, after rewriting.
+func rewriteImports(filename string, src []byte, oldPrefix, newPrefix string) ([]byte, int, []string, error) {
 	fset := token.NewFileSet()
 	f, err := parser.ParseFile(fset, filename, src, parser.ImportsOnly|parser.ParseComments)
 	if err != nil {
-		return nil, 0, fmt.Errorf("parse %s: %w", filename, err)
+		return nil, 0, nil, fmt.Errorf("parse %s: %w", filename, err)
 	}
 	type edit struct {
 		start, end int
 		text       string
 	}
 	var edits []edit
+	var imports []string
 	for _, spec := range f.Imports {
 		p, err := strconv.Unquote(spec.Path.Value)
 		if err != nil {
-			return nil, 0, fmt.Errorf("%s: bad import path %s", fset.Position(spec.Path.Pos()), spec.Path.Value)
+			return nil, 0, nil, fmt.Errorf("%s: bad import path %s", fset.Position(spec.Path.Pos()), spec.Path.Value)
 		}
 		var np string
 		switch {
@@ -112,8 +119,10 @@ func rewriteImports(filename string, src []byte, oldPrefix, newPrefix string) ([
 		case strings.HasPrefix(p, oldPrefix+"/"):
 			np = newPrefix + p[len(oldPrefix):]
 		default:
+			imports = append(imports, p)
 			continue
 		}
+		imports = append(imports, np)
 		edits = append(edits, edit{
 			start: fset.Position(spec.Path.Pos()).Offset,
 			end:   fset.Position(spec.Path.End()).Offset,
@@ -121,7 +130,7 @@ func rewriteImports(filename string, src []byte, oldPrefix, newPrefix string) ([
 		})
 	}
 	if len(edits) == 0 {
-		return src, 0, nil
+		return src, 0, imports, nil
 	}
 	sort.Slice(edits, func(i, j int) bool { return edits[i].start < edits[j].start })
 	out := make([]byte, 0, len(src)+len(edits)*len(newPrefix))
@@ -132,5 +141,19 @@ func rewriteImports(filename string, src []byte, oldPrefix, newPrefix string) ([
 		last = e.end
 	}
 	out = append(out, src[last:]...)
-	return out, len(edits), nil
+	return out, len(edits), imports, nil
+}
+
+// forbiddenImport refuses imports of the host and of other plugins: they
+// would be compiled under their original path into every build (and clash
+// between builds), and plugins must meet only through the SDK.
+func forbiddenImport(imports []string) error {
+	for _, p := range imports {
+		for _, bad := range []string{hostModule + "/host", hostModule + "/plugins"} {
+			if p == bad || strings.HasPrefix(p, bad+"/") {
+				return fmt.Errorf("imports %s: a plugin must not import host/ or another plugin (plugins meet through the SDK: store, services, SLP sessions)", p)
+			}
+		}
+	}
+	return nil
 }

@@ -30,7 +30,7 @@ import (
 
 var s = "github.com/plugd/plugd/plugins/hello/notanimport"
 `
-	out, n, err := rewriteImports("x.go", []byte(src), old, "plugd.build/hello_1")
+	out, n, imports, err := rewriteImports("x.go", []byte(src), old, "plugd.build/hello_1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,11 +60,15 @@ var s = "github.com/plugd/plugd/plugins/hello/notanimport"
 		}
 	}
 
-	same, n, err := rewriteImports("y.go", []byte("package y\n\nimport \"fmt\"\n"), old, "x")
+	if len(imports) != 9 || imports[0] != "plugd.build/hello_1/single" || imports[1] != "fmt" {
+		t.Errorf("imports after rewriting: %q", imports)
+	}
+
+	same, n, _, err := rewriteImports("y.go", []byte("package y\n\nimport \"fmt\"\n"), old, "x")
 	if err != nil || n != 0 || string(same) != "package y\n\nimport \"fmt\"\n" {
 		t.Errorf("file without own imports changed: %q %d %v", same, n, err)
 	}
-	if _, _, err := rewriteImports("bad.go", []byte("package ; import"), old, "x"); err == nil || !strings.Contains(err.Error(), "bad.go") {
+	if _, _, _, err := rewriteImports("bad.go", []byte("package ; import"), old, "x"); err == nil || !strings.Contains(err.Error(), "bad.go") {
 		t.Errorf("unparsable file: want an error naming it, got %v", err)
 	}
 }
@@ -228,5 +232,24 @@ func TestBuildGoMod(t *testing.T) {
 	}
 	if strings.Contains(got, hostModule) {
 		t.Errorf("the host module must come from the workspace only:\n%s", got)
+	}
+}
+
+func TestForbiddenImports(t *testing.T) {
+	for _, p := range []string{"github.com/plugd/plugd/host", "github.com/plugd/plugd/host/internal/loader", "github.com/plugd/plugd/plugins/gateway/lb"} {
+		if err := forbiddenImport([]string{"fmt", p}); err == nil || !strings.Contains(err.Error(), p) {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+	if err := forbiddenImport([]string{"github.com/plugd/plugd/sdk", "github.com/plugd/plugd/hostile", "plugd.build/x_1/lb"}); err != nil {
+		t.Error(err)
+	}
+	// Through copyTree: a plugin importing another plugin is refused with
+	// the file named; its own imports are fine.
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "main.go"), []byte("package main\n\nimport _ \"github.com/plugd/plugd/plugins/a/x\"\nimport _ \"github.com/plugd/plugd/plugins/b\"\n"), 0o644)
+	_, err := copyTree(src, t.TempDir(), "github.com/plugd/plugd/plugins/a", "plugd.build/a_1")
+	if err == nil || !strings.Contains(err.Error(), "main.go") || !strings.Contains(err.Error(), "github.com/plugd/plugd/plugins/b") {
+		t.Errorf("got %v", err)
 	}
 }
