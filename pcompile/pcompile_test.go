@@ -431,6 +431,13 @@ func TestKeep(t *testing.T) {
 	if err != nil || !regexp.MustCompile(`"plugd\.build/hello_[0-9a-z_]+/greet"`).Match(main) {
 		t.Fatalf("main.go imports not rewritten: %v\n%s", err, main)
 	}
+	// The build module keeps the host module's language version.
+	hostMod, _ := os.ReadFile(filepath.Join(repoRoot(t), "go.mod"))
+	goLine := regexp.MustCompile(`(?m)^go \S+$`).Find(hostMod)
+	buildMod, _ := os.ReadFile(filepath.Join(m[1], "mod", "go.mod"))
+	if goLine == nil || !bytes.Contains(buildMod, append(goLine, '\n')) {
+		t.Errorf("build go.mod does not keep %q:\n%s", goLine, buildMod)
+	}
 	if _, err := os.Stat(filepath.Join(m[1], "mod", "greet", "greet_test.go")); !os.IsNotExist(err) {
 		t.Errorf("greet_test.go was copied into the build")
 	}
