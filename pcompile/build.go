@@ -221,7 +221,9 @@ func (b *builder) build(dir string) (res *result, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("copy %s: %w", src.copyRoot, err)
 	}
-	_ = n
+	if b.verbose {
+		fmt.Fprintf(b.stderr, "pcompile: %s: %s copied as module %s (%d imports rewritten)\n", name, src.copyRoot, modPath, n)
+	}
 
 	env := append(baseEnv, "GOWORK="+filepath.Join(tmp, "go.work"))
 	goVersion, err := b.checkToolchain(modDir, baseEnv)
@@ -276,8 +278,12 @@ func (b *builder) build(dir string) (res *result, err error) {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		return nil, &buildError{fmt.Sprintf("go %s (in %s): %v\n%s", strings.Join(args, " "), modDir, err,
-			strings.TrimSpace(strings.ReplaceAll(out.String(), modPath, "<plugin>")))}
+		hint := "rerun with -keep to inspect the build module"
+		if b.keep {
+			hint = "build module in " + modDir
+		}
+		return nil, &buildError{fmt.Sprintf("go build failed (%v; %s):\n%s", err, hint,
+			mapBuildOutput(out.String(), modDir, modPath, src))}
 	}
 	if b.verbose {
 		for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
@@ -333,6 +339,23 @@ func summarize(ms []compat.Mismatch, n int) string {
 		s = append(s, m.String())
 	}
 	return strings.Join(s, "\n  ") + "\n  fix: " + ms[0].Fix
+}
+
+var fileRef = regexp.MustCompile(`(?m)^(\S+?\.(?:go|s|c|h)):(\d+)`)
+
+// mapBuildOutput points go build's messages at the plugin's own files and
+// import paths instead of the temporary copy.
+func mapBuildOutput(out, modDir, modPath string, src *source) string {
+	out = strings.ReplaceAll(out, modDir+string(filepath.Separator), src.copyRoot+string(filepath.Separator))
+	out = strings.ReplaceAll(out, modPath, src.oldPrefix)
+	out = fileRef.ReplaceAllStringFunc(out, func(ref string) string {
+		m := fileRef.FindStringSubmatch(ref)
+		if filepath.IsAbs(m[1]) {
+			return ref
+		}
+		return filepath.Join(src.copyRoot, m[1]) + ":" + m[2]
+	})
+	return strings.TrimSpace(out)
 }
 
 func joinMismatches(ms []compat.Mismatch, sep string) string {

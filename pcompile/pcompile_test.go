@@ -501,3 +501,24 @@ func TestHostFromOtherSDKSource(t *testing.T) {
 		t.Errorf("a refused build left %d files in the output dir", len(entries))
 	}
 }
+
+// TestCompileErrorNamesSourceFile: a compile error points at the plugin's
+// own file, not at the temporary copy.
+func TestCompileErrorNamesSourceFile(t *testing.T) {
+	_, host := tools(t)
+	mod := filepath.Join(t.TempDir(), "broken")
+	copyDir(t, filepath.Join(repoRoot(t), "pcompile", "testdata", "hello"), mod)
+	os.Remove(filepath.Join(mod, "greet", "greet_test.go"))
+	edit(t, filepath.Join(mod, "main.go"), "github.com/plugd/plugd/pcompile/testdata/hello/greet", "example.com/broken/greet")
+	edit(t, filepath.Join(mod, "greet", "greet.go"), `return "greet-1"`, `return undefinedThing`)
+	os.WriteFile(filepath.Join(mod, "go.mod"), []byte("module example.com/broken\n\ngo 1.26\n"), 0o644)
+	out := t.TempDir()
+	r := pcompile(t, t.TempDir(), "-host", host, "-src", repoRoot(t), "-o", out, mod)
+	want := filepath.Join(mod, "greet", "greet.go") + ":10:9: undefined: undefinedThing"
+	if r.code != 1 || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "# example.com/broken/greet") {
+		t.Fatalf("exit %d, want 1 and %q in:\n%s", r.code, want, r.stderr)
+	}
+	if entries, _ := os.ReadDir(out); len(entries) != 0 {
+		t.Errorf("a failed build left %d files in the output dir", len(entries))
+	}
+}

@@ -253,3 +253,15 @@ func TestForbiddenImports(t *testing.T) {
 		t.Errorf("got %v", err)
 	}
 }
+
+func TestMapBuildOutput(t *testing.T) {
+	src := &source{copyRoot: "/home/me/hello", oldPrefix: "example.com/hello"}
+	out := "# plugd.build/hello_x_1/greet\ngreet/greet.go:10:9: undefined: y\n# plugd.build/hello_x_1\n./main.go:23:20: undefined: nope\n" +
+		"/tmp/pcompile-hello-1/mod/sub/a.go:1:1: bad\n/usr/local/go/src/fmt/print.go:3: other\n"
+	got := mapBuildOutput(out, "/tmp/pcompile-hello-1/mod", "plugd.build/hello_x_1", src)
+	want := "# example.com/hello/greet\n/home/me/hello/greet/greet.go:10:9: undefined: y\n# example.com/hello\n/home/me/hello/main.go:23:20: undefined: nope\n" +
+		"/home/me/hello/sub/a.go:1:1: bad\n/usr/local/go/src/fmt/print.go:3: other"
+	if got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+}
