@@ -195,8 +195,6 @@ func (s *Server) serveConn(fc *fconn) {
 			writerPool.Put(bw)
 		}
 	}()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	remote := c.RemoteAddr().String()
 	w := &fastWriter{bw: bw, h: make(http.Header, 8), conn: c, br: br}
 	idle := s.IdleTimeout
@@ -230,8 +228,10 @@ func (s *Server) serveConn(fc *fconn) {
 			return
 		}
 		c.SetReadDeadline(time.Time{})
+		// The request keeps ReadRequest's background context: without a
+		// reader watching the connection during the handler, nothing could
+		// cancel it early, and a per-request context costs allocations.
 		req.RemoteAddr = remote
-		req = req.WithContext(ctx)
 		if req.ProtoMajor == 1 && req.ProtoMinor == 1 && req.ContentLength != 0 && req.Header.Get("Expect") == "100-continue" {
 			// the body is wanted: tell the client to send it
 			bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")

@@ -83,6 +83,8 @@ func (p *h1Pool) close() {
 
 var aLongTimeAgo = time.Unix(1, 0)
 
+func noStop() bool { return true }
+
 // errStale marks a failure on a reused connection before any response
 // byte arrived: the upstream closed it while idle, so the request can be
 // sent again on a new connection.
@@ -197,7 +199,10 @@ func (p *h1Pool) roundTrip(out *http.Request, fresh bool) (*http.Response, *h1Ex
 		return nil, nil, err
 	}
 	conn := c.c
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(aLongTimeAgo) })
+	stop := noStop
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() { conn.SetDeadline(aLongTimeAgo) })
+	}
 	ex := &h1Exchange{pool: p, conn: c, stop: stop}
 	if err := writeRequest(c.bw, out); err != nil {
 		ex.done(false)
