@@ -366,3 +366,38 @@ func TestRegistryAndPersistence(t *testing.T) {
 		t.Fatalf("variables not persisted: %s", e.Data)
 	}
 }
+
+func TestHealthChecks(t *testing.T) {
+	good := newBackend(t, "good")
+	sick := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/health" {
+			http.Error(w, "sick", http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprint(w, "sick answered")
+	}))
+	defer sick.Close()
+	f := start(t, hostWith(t, fmt.Sprintf(`services:
+  hc:
+    upstreams:
+      - {id: good, address: %s}
+      - {id: sick, address: %s}
+    health_check: {path: /health, interval: 100ms, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 2}
+`, good.addr(), strings.TrimPrefix(sick.URL, "http://"))))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, e := f.call("GET", "/management/upstream/service/state?service_name=hc", "")
+		if strings.Contains(string(e.Data), `"instance_id":"sick","address":"`+strings.TrimPrefix(sick.URL, "http://")+`","healthy":false`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sick instance never marked unhealthy: %s", e.Data)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i := 0; i < 10; i++ {
+		if st, body, _ := f.get("/hc/x"); st != 200 || !strings.HasPrefix(body, "good ") {
+			t.Fatalf("unhealthy instance selected: %d %q", st, body)
+		}
+	}
+}
