@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -16,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/plugd/plugd/internal/compat"
@@ -37,7 +39,25 @@ type builder struct {
 	goFlags  []string // go build flags derived from the host
 	goEnv    []string // environment overrides derived from the host
 	hostDeps map[string]*debug.Module
-	srcGo    string // the go line of the host source tree's go.mod
+	srcGo    string          // the go line of the host source tree's go.mod
+	ctx      context.Context // canceled on SIGINT/SIGTERM: go commands are stopped, temp files removed
+}
+
+// goCommand runs go in its own process group, so that an interrupted build
+// stops go and every compiler or linker it started.
+func (b *builder) goCommand(dir string, env []string, args ...string) *exec.Cmd {
+	ctx := b.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = dir
+	cmd.Env = env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// SIGINT: go then stops its tools and removes its work dir itself.
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGINT) }
+	cmd.WaitDelay = 10 * time.Second
+	return cmd
 }
 
 // newBuilder reads the host binary's build info and derives the build
@@ -225,7 +245,12 @@ func (b *builder) build(dir string) (res *result, err error) {
 		fmt.Fprintf(b.stderr, "pcompile: %s: %s copied as module %s (%d imports rewritten)\n", name, src.copyRoot, modPath, n)
 	}
 
-	env := append(baseEnv, "GOWORK="+filepath.Join(tmp, "go.work"))
+	// go's own work dir goes inside ours, so nothing outlives the build.
+	gotmp := filepath.Join(tmp, "gotmp")
+	if err := os.Mkdir(gotmp, 0o700); err != nil {
+		return nil, err
+	}
+	env := append(baseEnv, "GOWORK="+filepath.Join(tmp, "go.work"), "GOTMPDIR="+gotmp)
 	goVersion, err := b.checkToolchain(modDir, baseEnv)
 	if err != nil {
 		return nil, err
@@ -272,12 +297,13 @@ func (b *builder) build(dir string) (res *result, err error) {
 	defer os.Remove(tmpOut) // a no-op once renamed
 	args := append([]string{"build"}, b.goFlags...)
 	args = append(args, "-o", tmpOut, pkg)
-	cmd := exec.Command("go", args...)
-	cmd.Dir = modDir
-	cmd.Env = env
+	cmd := b.goCommand(modDir, env, args...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
+		if b.ctx != nil && b.ctx.Err() != nil {
+			return nil, errors.New("interrupted")
+		}
 		hint := "rerun with -keep to inspect the build module"
 		if b.keep {
 			hint = "build module in " + modDir
@@ -315,6 +341,9 @@ func (b *builder) build(dir string) (res *result, err error) {
 	}
 	if checked == 0 {
 		fmt.Fprintf(b.stderr, "pcompile: warning: %s has no package fingerprints (does it import \"plugin\"?); only build info was compared\n", b.hostBin)
+	}
+	if b.ctx != nil && b.ctx.Err() != nil {
+		return nil, errors.New("interrupted")
 	}
 	final := filepath.Join(b.outDir, file)
 	if err := os.Rename(tmpOut, final); err != nil {
@@ -369,9 +398,7 @@ func joinMismatches(ms []compat.Mismatch, sep string) string {
 // checkToolchain compares the go command's version (as it would run for the
 // build, so GOTOOLCHAIN is honored) with the host's.
 func (b *builder) checkToolchain(dir string, env []string) (string, error) {
-	cmd := exec.Command("go", "env", "GOVERSION")
-	cmd.Dir = dir
-	cmd.Env = append(slices.Clip(env), "GOWORK=off")
+	cmd := b.goCommand(dir, append(slices.Clip(env), "GOWORK=off"), "env", "GOVERSION")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -408,9 +435,7 @@ type listedModule struct {
 // be built with a different version of packages the host has, and
 // plugin.Open would refuse it.
 func (b *builder) checkBuildList(modDir string, env []string) error {
-	cmd := exec.Command("go", "list", "-m", "-json", "all")
-	cmd.Dir = modDir
-	cmd.Env = env
+	cmd := b.goCommand(modDir, env, "list", "-m", "-json", "all")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

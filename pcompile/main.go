@@ -18,16 +18,24 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	// On SIGINT/SIGTERM the running build is stopped and its temporary
+	// files removed before pcompile exits (status 1).
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }
 
 func usage(fs *flag.FlagSet, stderr io.Writer, check bool) func() {
@@ -41,7 +49,7 @@ func usage(fs *flag.FlagSet, stderr io.Writer, check bool) func() {
 	}
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	check := len(args) > 0 && args[0] == "check"
 	if check {
 		args = args[1:]
@@ -92,6 +100,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	b, err := newBuilder(src, hb, *outDir, *keep, stderr)
+	if err == nil {
+		b.ctx = ctx
+	}
 	if err == nil && *verbose {
 		b.goFlags = append(b.goFlags, "-v")
 		b.verbose = true
@@ -102,6 +113,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	status := 0
 	for _, dir := range fs.Args() {
+		if ctx.Err() != nil {
+			fmt.Fprintf(stderr, "pcompile: %s: not built: interrupted\n", dir)
+			status = 1
+			continue
+		}
 		res, err := b.build(dir)
 		if err != nil {
 			fmt.Fprintf(stderr, "pcompile: %s: %v\n", dir, err)

@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -521,4 +522,85 @@ func TestCompileErrorNamesSourceFile(t *testing.T) {
 	if entries, _ := os.ReadDir(out); len(entries) != 0 {
 		t.Errorf("a failed build left %d files in the output dir", len(entries))
 	}
+}
+
+// TestInterruptCleansUp: SIGTERM during a build stops go and the tools it
+// runs, removes the temporary build dir and the partial output, and exits 1.
+// The C compiler is replaced by a script that records its pid and blocks,
+// so the signal lands while the build is running.
+func TestInterruptCleansUp(t *testing.T) {
+	pc, host := tools(t)
+	dir := t.TempDir()
+	mod := filepath.Join(dir, "slow")
+	copyDir(t, filepath.Join(repoRoot(t), "pcompile", "testdata", "hello"), mod)
+	edit(t, filepath.Join(mod, "main.go"), "github.com/plugd/plugd/pcompile/testdata/hello/greet", "example.com/slow/greet")
+	os.WriteFile(filepath.Join(mod, "go.mod"), []byte("module example.com/slow\n\ngo 1.26\n"), 0o644)
+	os.WriteFile(filepath.Join(mod, "cgo.go"), []byte("package main\n\n// static int two(void) { return 2; }\nimport \"C\"\n\nvar _ = C.two()\n"), 0o644)
+	pidFile := filepath.Join(dir, "cc.pid")
+	cc := filepath.Join(dir, "cc.sh")
+	os.WriteFile(cc, []byte("#!/bin/sh\necho $$ >> "+pidFile+"\nexec sleep 60\n"), 0o755)
+
+	tmp, out := t.TempDir(), t.TempDir()
+	cmd := exec.Command(pc, "-host", host, "-src", repoRoot(t), "-o", out, mod)
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp, "CC="+cc)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		if b, err := os.ReadFile(pidFile); err == nil && len(b) > 0 {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("pcompile ended before the C compiler ran: %v\n%s", err, stderr.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("the C compiler was not run within 90s\n%s", stderr.String())
+		}
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-done:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(stderr.String(), "interrupted") {
+			t.Errorf("pcompile after SIGTERM: %v\n%s", err, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("pcompile did not stop within 30s of SIGTERM\n%s", stderr.String())
+	}
+	if left, _ := os.ReadDir(tmp); len(left) != 0 {
+		t.Errorf("temporary build dir left behind: %s", left[0].Name())
+	}
+	if left, _ := os.ReadDir(out); len(left) != 0 {
+		t.Errorf("output left behind: %s", left[0].Name())
+	}
+	// The blocked compiler was stopped with go's process group.
+	pids, _ := os.ReadFile(pidFile)
+	for _, pid := range strings.Fields(string(pids)) {
+		for i := 0; ; i++ {
+			if _, err := os.Stat("/proc/" + pid); os.IsNotExist(err) {
+				break
+			}
+			if i == 100 {
+				t.Errorf("C compiler process %s still running", pid)
+				syscall.Kill(atoi(pid), syscall.SIGKILL)
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+func atoi(s string) int {
+	n := 0
+	fmt.Sscan(s, &n)
+	return n
 }
