@@ -269,10 +269,10 @@ worker.bg:
 `
 
 func TestDeploy(t *testing.T) {
-	root := testhost.RepoRoot(t)
+	src := testhost.RepoRoot(t) // not "root": that is the admin's token
 	bin := filepath.Join(t.TempDir(), "webapp")
 	build := exec.Command("go", "build", "-o", bin, "./plugins/deploy/e2e/testdata/webapp")
-	build.Dir = root
+	build.Dir = src
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build webapp: %v\n%s", err, out)
 	}
@@ -526,6 +526,13 @@ func TestDeploy(t *testing.T) {
 	e.opOK("PATCH", "/api/v1/apps/hello/procs/web/", alice, map[string]any{"num_instances": 2})
 
 	// --- rollout ---
+	// The crashed instance must be back and healthy before its pid is taken
+	// as the one a rollback has to keep.
+	settle := time.Now().Add(20 * time.Second)
+	for web = e.proc("hello", "web"); (web.Healthy != 2 || web.Running != 2) && time.Now().Before(settle); web = e.proc("hello", "web") {
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
 	web = e.proc("hello", "web")
 	v1pids := pidsOf(web)
 	bad := strings.Replace(helloSpec, "- GREETING=hi", "- GREETING=hi\n    - FAIL_HEALTH=1", 1)
