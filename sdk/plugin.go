@@ -69,6 +69,8 @@ type Starter interface {
 // after the instance has been replaced or unloaded and its in-flight work has
 // drained (or the drain deadline passed). It must return before ctx's
 // deadline; goroutines started with Host.Go are canceled after it returns.
+// StopReasonFrom(ctx) tells whether the instance was replaced, unloaded or
+// is stopping with the host.
 type Stopper interface {
 	Stop(ctx context.Context) error
 }

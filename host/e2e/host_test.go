@@ -138,10 +138,10 @@ func TestSwapDrainsInFlightThenStops(t *testing.T) {
 	events := filepath.Join(h.DataDir, "plugins", "echo", "events.log")
 	eventually(t, "stop hook of build-1", 10*time.Second, func() bool {
 		b, _ := os.ReadFile(events)
-		return strings.Contains(string(b), "stop build-1")
+		return strings.Contains(string(b), "stop build-1 replaced")
 	})
 	b, _ := os.ReadFile(events)
-	if !strings.HasPrefix(string(b), "slow done build-1\nstop build-1\n") {
+	if !strings.HasPrefix(string(b), "slow done build-1\nstop build-1 replaced\n") {
 		t.Fatalf("events out of order:\n%s", b)
 	}
 }

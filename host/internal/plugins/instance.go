@@ -105,8 +105,9 @@ func (in *instance) close() {
 }
 
 // drainAndStop waits for in-flight work (at most drain), then runs the
-// plugin's Stop with a deadline of stop, then cancels its goroutines.
-func (in *instance) drainAndStop(drain, stop time.Duration, log logrus.FieldLogger) {
+// plugin's Stop with a deadline of stop and the reason in its context, then
+// cancels its goroutines.
+func (in *instance) drainAndStop(why sdk.StopReason, drain, stop time.Duration, log logrus.FieldLogger) {
 	in.close()
 	t := time.NewTimer(drain)
 	select {
@@ -115,8 +116,9 @@ func (in *instance) drainAndStop(drain, stop time.Duration, log logrus.FieldLogg
 	case <-t.C:
 		log.WithField("load", in.id).Warnf("drain deadline %s passed with %d still running; stopping anyway", drain, in.using())
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), stop)
+	ctx, cancel := context.WithTimeout(sdk.WithStopReason(context.Background(), why), stop)
 	defer cancel()
+	log.WithFields(logrus.Fields{"load": in.id, "reason": why}).Debug("stopping")
 	if s, ok := in.value.(sdk.Stopper); ok {
 		if err := safeCall(func() error { return s.Stop(ctx) }); err != nil {
 			log.WithField("load", in.id).WithError(err).Error("stop failed")

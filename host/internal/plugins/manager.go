@@ -179,7 +179,11 @@ func (m *Manager) publish(kind Kind, name string, in *instance) {
 	}
 	ptr.Store(&next)
 	if prev != nil {
-		m.retireInstance(prev)
+		why := sdk.StopReplaced
+		if in == nil {
+			why = sdk.StopUnloaded
+		}
+		m.retireInstance(prev, why)
 	}
 }
 
@@ -190,16 +194,24 @@ func (m *Manager) table(kind Kind) *atomic.Pointer[map[string]*instance] {
 	return &m.slps
 }
 
-func (m *Manager) retireInstance(in *instance) {
+func (m *Manager) retireInstance(in *instance, why sdk.StopReason) {
 	in.close()
 	m.retire = append(m.retire, in)
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
-		in.drainAndStop(time.Duration(m.cfg.DrainTimeout), time.Duration(m.cfg.StopTimeout), m.log.WithField("plugin", in.name))
+		log := m.log.WithField("plugin", in.name)
+		in.drainAndStop(why, time.Duration(m.cfg.DrainTimeout), time.Duration(m.cfg.StopTimeout), log)
 		m.mu.Lock()
+		defer m.mu.Unlock()
 		m.pruneRetired()
-		m.mu.Unlock()
+		// Loads hold m.mu from Start to publish, so a new instance of this
+		// name cannot have registered anything unless it is in the table.
+		if why == sdk.StopUnloaded && (*m.table(in.kind).Load())[in.name] == nil {
+			if n := m.services.RemoveOwner(in.name); n > 0 {
+				log.Infof("removed %d service instance(s) it left registered", n)
+			}
+		}
 	}()
 }
 
@@ -365,7 +377,7 @@ func (m *Manager) StopAll() {
 	m.slps.Store(&empty2)
 	m.mu.Unlock()
 	for _, in := range order {
-		in.drainAndStop(time.Duration(m.cfg.DrainTimeout), time.Duration(m.cfg.StopTimeout), m.log.WithField("plugin", in.name))
+		in.drainAndStop(sdk.StopShutdown, time.Duration(m.cfg.DrainTimeout), time.Duration(m.cfg.StopTimeout), m.log.WithField("plugin", in.name))
 	}
 	m.wg.Wait()
 }

@@ -142,6 +142,27 @@ func (r *Registry) Watch(ctx context.Context) <-chan struct{} {
 	return ch
 }
 
+// RemoveOwner drops every instance registered through Owned(owner); the
+// host calls it after a plugin's final unload, so that nothing it announced
+// outlives it. It returns how many were removed.
+func (r *Registry) RemoveOwner(owner string) int {
+	r.mu.Lock()
+	n := 0
+	for _, m := range r.insts {
+		for id, in := range m {
+			if in.Owner == owner {
+				delete(m, id)
+				n++
+			}
+		}
+	}
+	r.mu.Unlock()
+	if n > 0 {
+		r.notify()
+	}
+	return n
+}
+
 // Expire drops instances whose TTL passed and signals watchers; the host
 // calls it periodically.
 func (r *Registry) Expire() {

@@ -56,3 +56,37 @@ func TestRegisterTTLHeartbeatWatch(t *testing.T) {
 		t.Fatalf("services = %v", s)
 	}
 }
+
+func TestRemoveOwnerKeepsOthers(t *testing.T) {
+	r := New()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := r.Watch(ctx)
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(r.Owned("deploy.v1").Register(sdk.Instance{Service: "web", ID: "d1", Address: "127.0.0.1:1"}))
+	must(r.Owned("deploy.v1").Register(sdk.Instance{Service: "api", ID: "d2", Address: "127.0.0.1:2"}))
+	must(r.Owned("gateway.v1").Register(sdk.Instance{Service: "web", ID: "g1", Address: "127.0.0.1:3"}))
+	<-w
+	if n := r.RemoveOwner("deploy.v1"); n != 2 {
+		t.Fatalf("removed %d, want 2", n)
+	}
+	select {
+	case <-w:
+	case <-time.After(time.Second):
+		t.Fatal("watchers not told of the removal")
+	}
+	if got := r.Instances("web"); len(got) != 1 || got[0].ID != "g1" {
+		t.Fatalf("web after removal: %+v", got)
+	}
+	if got := r.Instances("api"); len(got) != 0 {
+		t.Fatalf("api after removal: %+v", got)
+	}
+	if n := r.RemoveOwner("deploy.v1"); n != 0 {
+		t.Fatalf("second removal removed %d", n)
+	}
+}

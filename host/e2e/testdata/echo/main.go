@@ -48,6 +48,34 @@ func newAPI(h sdk.Host) (sdk.API, error) {
 		h.Go("bad", func(ctx context.Context) { panic("echo goroutine panic") })
 		fmt.Fprint(w, "started")
 	})
+	// /register announces an instance of service "echo-svc" in the shared
+	// registry; /services lists that service as this build sees it.
+	a.mux.HandleFunc("/register", func(w http.ResponseWriter, r *http.Request) {
+		err := h.Services().Register(sdk.Instance{Service: "echo-svc", ID: r.URL.Query().Get("id"), Address: "127.0.0.1:1"})
+		if err != nil {
+			sdk.WriteError(w, sdk.Errorf(http.StatusBadRequest, "%v", err))
+			return
+		}
+		fmt.Fprint(w, "registered")
+	})
+	a.mux.HandleFunc("/services", func(w http.ResponseWriter, r *http.Request) {
+		for _, in := range h.Services().Instances("echo-svc") {
+			fmt.Fprintln(w, in.ID)
+		}
+	})
+	// /begin holds a session of the SLP named by ?slp= for ms, as a gateway
+	// filter would, so the test can see it counted.
+	a.mux.HandleFunc("/begin", func(w http.ResponseWriter, r *http.Request) {
+		s, err := h.SLPs().Begin(r.URL.Query().Get("slp"))
+		if err != nil {
+			sdk.WriteError(w, sdk.Errorf(http.StatusNotFound, "%v", err))
+			return
+		}
+		defer s.End()
+		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		fmt.Fprint(w, "session ended")
+	})
 	a.mux.HandleFunc("/store", func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPut {
 			h.Store().Put(r.Context(), "k", []byte(r.URL.Query().Get("v")))
@@ -85,7 +113,7 @@ func (a *api) Start(ctx context.Context) error {
 }
 
 func (a *api) Stop(ctx context.Context) error {
-	a.event("stop " + build)
+	a.event("stop " + build + " " + sdk.StopReasonFrom(ctx).String())
 	if a.srv != nil {
 		return a.srv.Shutdown(ctx)
 	}

@@ -1,0 +1,100 @@
+package e2e
+
+import (
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/plugd/plugd/internal/testhost"
+)
+
+// Stop learns why it runs (replaced, unloaded, shutdown), and after the final
+// unload the host removes the registry entries the plugin left behind, while
+// a swap keeps them for the next version.
+func TestStopReasonsAndRegistryCleanup(t *testing.T) {
+	h := testhost.Start(t, testhost.Options{})
+	f1, f2, f3 := buildEcho(t, h, "build-1"), buildEcho(t, h, "build-2"), buildEcho(t, h, "build-3")
+	events := filepath.Join(h.DataDir, "plugins", "echo", "events.log")
+	waitEvent := func(line string) {
+		t.Helper()
+		eventually(t, "event "+line, 10*time.Second, func() bool {
+			b, _ := os.ReadFile(events)
+			return strings.Contains(string(b), line+"\n")
+		})
+	}
+	services := func() string {
+		t.Helper()
+		code, body := h.Do(t, "GET", "/echo/v1/services", nil)
+		if code != 200 {
+			t.Fatalf("services: %d %s", code, body)
+		}
+		return body
+	}
+
+	h.LoadAPI(t, "echo.v1", f1)
+	if code, body := h.Do(t, "GET", "/echo/v1/register?id=a", nil); code != 200 {
+		t.Fatalf("register: %d %s", code, body)
+	}
+	h.LoadAPI(t, "echo.v1", f2)
+	waitEvent("stop build-1 replaced")
+	if got := services(); got != "a\n" {
+		t.Fatalf("after a swap the registry holds %q, want the entry kept", got)
+	}
+
+	h.Unload(t, "echo.v1")
+	waitEvent("stop build-2 unloaded")
+	h.LoadAPI(t, "echo.v1", f3)
+	if got := services(); got != "" {
+		t.Fatalf("after unload the registry still holds %q", got)
+	}
+
+	h.Restart(t)
+	waitEvent("stop build-3 shutdown")
+	b, _ := os.ReadFile(events)
+	want := "stop build-1 replaced\nstop build-2 unloaded\nstop build-3 shutdown\n"
+	if string(b) != want {
+		t.Fatalf("events:\n%s\nwant:\n%s", b, want)
+	}
+}
+
+// Sessions that one plugin begins on another's SLP (as the gateway does for
+// its filters) are counted in the SLP listing like WebSocket sessions.
+func TestSLPSessionsBegunByPlugins(t *testing.T) {
+	h := testhost.Start(t, testhost.Options{})
+	f := buildEcho(t, h, "build-1")
+	h.LoadAPI(t, "echo.v1", f)
+	h.LoadSLP(t, "echo", f)
+
+	if code, body := h.Do(t, "GET", "/echo/v1/begin?slp=echo&ms=0", nil); code != 200 || body != "session ended" {
+		t.Fatalf("begin: %d %q", code, body)
+	}
+	done := make(chan string, 1)
+	go func() { // not h.Do: t.Fatal must not run off the test goroutine
+		resp, err := http.Get(h.URL + "/echo/v1/begin?slp=echo&ms=2000")
+		if err != nil {
+			done <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		done <- string(b)
+	}()
+	eventually(t, "used=1 using=1", 5*time.Second, func() bool {
+		_, l := h.Do(t, "GET", "/slpm/v1/slps", nil)
+		return strings.Contains(l, "echo\t1\t1\t"+f)
+	})
+	if body := <-done; body != "session ended" {
+		t.Fatalf("held session: %q", body)
+	}
+	eventually(t, "used=2 using=0", 5*time.Second, func() bool {
+		_, l := h.Do(t, "GET", "/slpm/v1/slps", nil)
+		return strings.Contains(l, "echo\t2\t0\t"+f)
+	})
+	if code, _ := h.Do(t, "GET", "/echo/v1/begin?slp=nosuch", nil); code != 404 {
+		t.Fatalf("session of an unknown SLP: %d, want 404", code)
+	}
+}
