@@ -122,7 +122,7 @@ func serve(args []string) error {
 		token = cfg.Token
 	}
 	srv := &http.Server{
-		Handler:           (&admin.Server{Manager: mgr, Log: log, Token: token}).Handler(),
+		Handler:           (&admin.Server{Manager: mgr, Log: log, Token: token, NoAccessLog: !cfg.AccessLog()}).Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	// Restore before serving: the socket is bound (a port conflict fails at

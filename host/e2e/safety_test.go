@@ -214,3 +214,24 @@ func TestConfigStrictAndTokenRule(t *testing.T) {
 		t.Errorf("non-loopback without token: err=%v out=%s", err, out)
 	}
 }
+
+// The access log writes one line per request by default; log.access: false
+// turns it off and leaves the other log lines.
+func TestAccessLogSwitch(t *testing.T) {
+	on := testhost.Start(t, testhost.Options{})
+	off := testhost.Start(t, testhost.Options{Config: "log:\n  access: false\n"})
+	for _, h := range []*testhost.Host{on, off} {
+		if code, _ := h.Do(t, "GET", "/apim/v1/apis", nil); code != 200 {
+			t.Fatalf("list APIs: %d", code)
+		}
+	}
+	eventually(t, "access line on the default host", 5*time.Second, func() bool {
+		return strings.Contains(on.Log(), "path=/apim/v1/apis")
+	})
+	if strings.Contains(off.Log(), "path=/apim/v1/apis") {
+		t.Fatalf("log.access: false still logs requests:\n%s", off.Log())
+	}
+	if !strings.Contains(off.Log(), "listen") {
+		t.Fatalf("log.access: false silenced the rest of the log:\n%s", off.Log())
+	}
+}

@@ -28,6 +28,8 @@ type Server struct {
 	// Token, when set, is required as a bearer token on runtime, apim,
 	// slpm and slp (the host sets it for non-loopback listen addresses).
 	Token string
+	// NoAccessLog turns off the one-line-per-request log (log.access: false).
+	NoAccessLog bool
 }
 
 // Handler returns the full handler: access log, then routes.
@@ -48,6 +50,9 @@ func (s *Server) Handler() http.Handler {
 	r.PanicHandler = func(w http.ResponseWriter, req *http.Request, p any) {
 		s.Log.Errorf("panic in %s %s: %v\n%s", req.Method, req.URL.Path, p, debug.Stack())
 		fail(w, req, sdk.Errorf(http.StatusInternalServerError, "internal error"))
+	}
+	if s.NoAccessLog {
+		return r
 	}
 	return s.accessLog(r)
 }

@@ -30,6 +30,9 @@ type Config struct {
 	Log   struct {
 		Level  string `yaml:"level"`
 		Format string `yaml:"format"` // text or json
+		// Access writes one line per management-listener request at info
+		// level (default true); turn it off on busy hosts.
+		Access *bool `yaml:"access"`
 	} `yaml:"log"`
 	// CheckTimeout bounds the trial load of a plugin in a child process.
 	CheckTimeout Duration `yaml:"check_timeout"`
@@ -88,6 +91,9 @@ func Load(path string) (*Config, error) {
 	c.file = path
 	return c, c.Validate()
 }
+
+// AccessLog reports whether requests are logged one line each.
+func (c *Config) AccessLog() bool { return c.Log.Access == nil || *c.Log.Access }
 
 // WatchEnabled reports whether the drop-in directory is on.
 func (c *Config) WatchEnabled() bool { return c.Watch == nil || *c.Watch }
