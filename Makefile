@@ -22,6 +22,7 @@ bins:
 
 plugins: bins
 	bin/pcompile -o var/plugins -host bin/plugd $(PLUGINS)
+	@scripts/prune-plugins.sh var/plugins var/data
 
 run: build
 	scripts/run.sh
