@@ -35,12 +35,13 @@ func newAuthenticator(users []User, realm string) *authenticator {
 	if _, err := rand.Read(a.key[:]); err != nil {
 		panic(err) // crypto/rand never fails on Linux
 	}
-	a.dummy, _ = bcrypt.GenerateFromPassword([]byte("not a password"), bcrypt.MinCost)
+	cost := bcrypt.MinCost
 	if len(users) > 0 {
 		if c, err := bcrypt.Cost([]byte(users[0].PasswordBcrypt)); err == nil {
-			a.dummy, _ = bcrypt.GenerateFromPassword([]byte("not a password"), c)
+			cost = c
 		}
 	}
+	a.dummy, _ = bcrypt.GenerateFromPassword([]byte("not a password"), cost)
 	return a
 }
 

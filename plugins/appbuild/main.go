@@ -43,6 +43,7 @@ func main() {}
 // Config is the plugins.appbuild section of the host config.
 type Config struct {
 	// Users allowed in by HTTP Basic auth, with bcrypt password hashes.
+	// None: the bootstrap user admin (see bootstrap.go).
 	Users []User `yaml:"users"`
 	// Realm is the Basic auth realm.
 	Realm string `yaml:"realm"`
@@ -182,7 +183,7 @@ type plugin struct {
 	h     sdk.Host
 	cfg   Config
 	store sdk.Store
-	auth  *authenticator
+	auth  *authenticator // set by Start
 	// urlPrefix is where the host mounts us ("/appbuild/v1").
 	urlPrefix string
 
@@ -214,7 +215,6 @@ func newPlugin(h sdk.Host) (*plugin, error) {
 		h:         h,
 		cfg:       cfg,
 		store:     h.Store(),
-		auth:      newAuthenticator(cfg.Users, cfg.Realm),
 		urlPrefix: "/" + strings.ReplaceAll(h.Name(), ".", "/"),
 		dataDir:   h.DataDir(),
 		running:   map[string]*runningBuild{},
@@ -227,13 +227,11 @@ func newPlugin(h sdk.Host) (*plugin, error) {
 	p.logsDir = filepath.Join(p.dataDir, "logs")
 	p.workDir = filepath.Join(p.dataDir, "work")
 	p.stopCtx, p.stopAll = context.WithCancel(context.Background())
-	if len(cfg.Users) == 0 {
-		h.Logger().Warn("no users configured in plugins.appbuild.users: every request is refused with 401")
-	}
 	return p, nil
 }
 
-// Start prepares the data dir, settles builds orphaned by a previous process
+// Start prepares the data dir, sets up the users (the bootstrap user when
+// none are configured, see bootstrap.go), settles builds orphaned by a previous process
 // and starts the dispatcher.
 func (p *plugin) Start(ctx context.Context) error {
 	for _, d := range []string{p.artifactsDir, p.logsDir, p.workDir} {
@@ -241,6 +239,12 @@ func (p *plugin) Start(ctx context.Context) error {
 			return fmt.Errorf("appbuild: %w", err)
 		}
 	}
+	users, err := p.bootstrap(ctx)
+	if err != nil {
+		return err
+	}
+	// Requests reach this instance only after Start returns.
+	p.auth = newAuthenticator(users, p.cfg.Realm)
 	if err := p.reapOrphans(ctx); err != nil {
 		return err
 	}
@@ -309,8 +313,8 @@ func (p *plugin) Stop(ctx context.Context) error {
 
 // Health reports configuration problems that make the plugin unusable.
 func (p *plugin) Health(ctx context.Context) error {
-	if len(p.cfg.Users) == 0 {
-		return fmt.Errorf("no users configured (plugins.appbuild.users)")
+	if p.auth == nil || len(p.auth.users) == 0 {
+		return fmt.Errorf("no users (plugins.appbuild.users)")
 	}
 	return nil
 }
