@@ -32,6 +32,7 @@ func TestBadPluginsRefusedThenGoodLoads(t *testing.T) {
 		{"truncated", write("truncated.so", goodBytes[:len(goodBytes)/2]), ""},
 		{"no -trimpath", plainBuild(t, h), "-trimpath"},
 		{"other dependency version", otherDepBuild(t, h), "github.com/sirupsen/logrus"},
+		{"other SDK source", otherSDKBuild(t, h), "package github.com/plugd/plugd/sdk: host has"},
 		{"init panics", h.Compile(t, echoSource(t, nil, "", map[string]string{"bad.go": "package main\n\nfunc init() { panic(\"init boom\") }\n"})), "init boom"},
 		{"init hangs", h.Compile(t, echoSource(t, nil, "", map[string]string{"bad.go": "package main\n\nimport \"time\"\n\nfunc init() { time.Sleep(time.Hour) }\n"})), "did not finish within 5s"},
 		{"missing symbol", h.Compile(t, echoSource(t, map[string]string{"var Plugin = ": "var NotPlugin = "}, "", nil)), "no exported Plugin symbol"},
@@ -71,6 +72,24 @@ func otherDepBuild(t *testing.T, h *testhost.Host) string {
 	f.Close()
 	run(t, dir, standaloneEnv, "go", "build", "-trimpath", "-buildmode=plugin", "-o", filepath.Join(h.PluginsDir, "otherdep.so"), ".")
 	return "otherdep.so"
+}
+
+// otherSDKBuild builds the echo plugin with -trimpath against a copy of the
+// SDK with one function added: its build info matches the host's, only the
+// package fingerprints differ.
+func otherSDKBuild(t *testing.T, h *testhost.Host) string {
+	root := testhost.RepoRoot(t)
+	tree := t.TempDir()
+	run(t, root, nil, "cp", "-r", "go.mod", "go.sum", "sdk", tree)
+	if err := os.WriteFile(filepath.Join(tree, "sdk", "zz_extra.go"), []byte("package sdk\n\nfunc Extra() int { return 1 }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir := echoSource(t, nil, "", nil)
+	f, _ := os.OpenFile(filepath.Join(dir, "go.mod"), os.O_APPEND|os.O_WRONLY, 0)
+	f.WriteString("replace github.com/plugd/plugd => " + tree + "\n")
+	f.Close()
+	run(t, dir, standaloneEnv, "go", "build", "-trimpath", "-buildmode=plugin", "-o", filepath.Join(h.PluginsDir, "othersdk.so"), ".")
+	return "othersdk.so"
 }
 
 // standalone is an echo module that builds on its own, without pcompile's

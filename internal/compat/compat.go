@@ -311,20 +311,26 @@ func ComparePackages(hostPath, pluginPath string) (ms []Mismatch, checked int, e
 	if err != nil {
 		return nil, 0, fmt.Errorf("host: %w", err)
 	}
+	return ComparePackageHashes(h, pluginPath)
+}
+
+// ComparePackageHashes is ComparePackages with the host's fingerprints
+// already read (a long-running host reads its own once).
+func ComparePackageHashes(host map[string]string, pluginPath string) (ms []Mismatch, checked int, err error) {
 	p, err := PackageHashes(pluginPath)
 	if err != nil {
 		return nil, 0, fmt.Errorf("plugin: %w", err)
 	}
 	var pkgs []string
 	for pkg := range p {
-		if _, ok := h[pkg]; ok {
+		if _, ok := host[pkg]; ok {
 			pkgs = append(pkgs, pkg)
 		}
 	}
 	sort.Strings(pkgs)
 	for _, pkg := range pkgs {
-		if h[pkg] != p[pkg] {
-			ms = append(ms, Mismatch{What: "package " + pkg, Host: h[pkg], Plugin: p[pkg],
+		if host[pkg] != p[pkg] {
+			ms = append(ms, Mismatch{What: "package " + pkg, Host: host[pkg], Plugin: p[pkg],
 				Fix: "host and plugin were compiled from different source or settings for this package: build both from the same tree (make build, or pcompile -src <the host's source tree>)"})
 		}
 	}

@@ -4,7 +4,8 @@
 // open can leave the process unable to load anything again (GO-PLUGINS.md).
 //
 //  1. the name is a plain *.so file inside the plugins dir (400 otherwise);
-//  2. its build info matches the host's (422 naming each mismatch);
+//  2. its build info matches the host's, and so do the fingerprints of the
+//     packages it shares with the host (422 naming each mismatch);
 //  3. a child process (`plugd check -json FILE`) opens it first (422 with
 //     the child's reason if it fails, panics, crashes or hangs);
 //  4. plugin.Open in-process under recover, Lookup, ABI check.
@@ -36,6 +37,9 @@ type Loader struct {
 
 	mu     sync.Mutex
 	opened map[string]openedFile // by absolute path
+
+	hashesOnce sync.Once
+	hashes     map[string]string // this binary's package fingerprints
 }
 
 type openedFile struct {
@@ -114,6 +118,9 @@ func (l *Loader) Load(ctx context.Context, name string) (*sdk.Declaration, error
 	if err := l.checkBuild(path, name); err != nil {
 		return nil, err
 	}
+	if err := l.checkPackages(path, name); err != nil {
+		return nil, err
+	}
 	if err := l.trial(ctx, path, name); err != nil {
 		return nil, err
 	}
@@ -133,14 +140,46 @@ func (l *Loader) checkBuild(path, name string) error {
 	if err != nil {
 		return sdk.Errorf(http.StatusUnprocessableEntity, "file %q: %v", name, err)
 	}
-	if len(mm) > 0 {
-		lines := make([]string, len(mm))
-		for i, m := range mm {
-			lines[i] = m.String()
-		}
-		return sdk.Errorf(http.StatusUnprocessableEntity, "file %q was not built for this host (rebuild it with pcompile): %s", name, strings.Join(lines, "; "))
+	return refuse(name, mm)
+}
+
+func refuse(name string, mm []compat.Mismatch) error {
+	if len(mm) == 0 {
+		return nil
 	}
-	return nil
+	const most = 3 // a changed SDK changes every package above it too
+	var lines []string
+	for i, m := range mm {
+		if i == most {
+			lines = append(lines, fmt.Sprintf("and %d more", len(mm)-most))
+			break
+		}
+		lines = append(lines, m.String())
+	}
+	return sdk.Errorf(http.StatusUnprocessableEntity, "file %q was not built for this host (rebuild it with pcompile): %s", name, strings.Join(lines, "; "))
+}
+
+// checkPackages compares the fingerprints plugin.Open would compare, without
+// opening anything. Build info cannot tell two builds of the host's own
+// module apart (both are "(devel)"), so a plugin built from an edited SDK
+// tree passes checkBuild; this names the package and the fix. When the
+// fingerprints cannot be read, the trial load still catches the mismatch.
+func (l *Loader) checkPackages(path, name string) error {
+	l.hashesOnce.Do(func() {
+		h, err := compat.PackageHashes(l.Exe)
+		if err != nil {
+			return
+		}
+		l.hashes = h
+	})
+	if len(l.hashes) == 0 {
+		return nil
+	}
+	mm, _, err := compat.ComparePackageHashes(l.hashes, path)
+	if err != nil {
+		return sdk.Errorf(http.StatusUnprocessableEntity, "file %q: %v", name, err)
+	}
+	return refuse(name, mm)
 }
 
 // Open opens a plugin file in this process, recovering a panic in its init,
