@@ -22,5 +22,10 @@ load apim gateway.v1 "$(newest gateway)"
 load apim appbuild.v1 "$(newest appbuild)"
 load apim deploy.v1 "$(newest deploy)"
 curl -sS "http://$addr/apim/v1/apis"
+pw=var/data/plugins/appbuild/initial-admin-password
+if [ -f "$pw" ]; then
+	echo "appbuild: user admin, password in $pw (configure users in configs/plugd.yaml to replace it):"
+	echo "  curl -u admin:\"\$(cat $pw)\" http://$addr/appbuild/v1/api/app"
+fi
 echo "plugd is running (pid $pid) on http://$addr — Ctrl-C stops it"
 wait $pid
