@@ -60,5 +60,7 @@ func (p *plugin) ServeHTTP(w http.ResponseWriter, r *http.Request) { p.c.ServeHT
 // Start adopts the running instances and restores the desired state.
 func (p *plugin) Start(ctx context.Context) error { return p.c.Start(ctx) }
 
-// Stop ends supervision; the instances keep running for the next version.
+// Stop ends supervision. On a swap (sdk.StopReplaced) or a host shutdown
+// (sdk.StopShutdown) the instances keep running for the next owner; on a
+// final unload they are stopped, and the desired state stays in the store.
 func (p *plugin) Stop(ctx context.Context) error { return p.c.Stop(ctx) }

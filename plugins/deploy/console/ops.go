@@ -280,8 +280,9 @@ func (c *Console) Start(ctx context.Context) error {
 	return c.failOrphans(ctx)
 }
 
-// Stop cancels running operations, waits for them and stops supervising.
-// Instances keep running.
+// Stop cancels running operations, waits for them and stops the driver,
+// which keeps the instances running on a swap or host shutdown and stops
+// them on a final unload (the reason is in ctx).
 func (c *Console) Stop(ctx context.Context) error {
 	c.opStop()
 	ch := make(chan struct{})

@@ -107,7 +107,11 @@ type Driver interface {
 	// Start takes over supervision: instances started by a previous
 	// plugin instance or host are adopted if alive, restarted if not.
 	Start(ctx context.Context) error
-	// Stop ends supervision without stopping any instance.
+	// Stop ends supervision. With sdk.StopReplaced or sdk.StopShutdown in
+	// ctx (sdk.StopReasonFrom) the instances keep running for the next
+	// owner; on a final unload (sdk.StopUnloaded) every instance is
+	// stopped and deregistered while the desired state stays stored, so
+	// that the next Start brings them back.
 	Stop(ctx context.Context) error
 	// Apply converges a proc to s: it scales, and when what runs changes
 	// (version, command, env, resources) it replaces instances one at a

@@ -299,7 +299,16 @@ func (d *Local) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop ends supervision. Instances keep running for the next owner.
+// Stop ends supervision. What happens to the instances depends on why the
+// plugin instance stops (sdk.StopReasonFrom(ctx)):
+//   - StopReplaced: a newer plugin instance already supervises and has
+//     adopted them: they keep running, untouched.
+//   - StopShutdown: the host exits and loads the plugin again at its next
+//     start: they keep running, to be adopted then.
+//   - StopUnloaded (final unload, and the zero value): every instance is
+//     stopped (SIGTERM, SIGKILL after the grace) and deregistered; the
+//     desired state (proc records) stays in the store, so loading the
+//     plugin again starts the instances anew.
 func (d *Local) Stop(ctx context.Context) error {
 	if d.cancel == nil {
 		return nil
@@ -317,17 +326,58 @@ func (d *Local) Stop(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	why := sdk.StopReasonFrom(ctx)
+	if why == sdk.StopUnloaded {
+		return d.stopEverything(ctx)
+	}
+	d.log().Infof("driver: stop (%s): instances keep running for the next owner", why)
+	return nil
+}
+
+// stopEverything ends every instance this driver supervises and forgets
+// them, keeping the procs' desired state. It does nothing if another
+// plugin instance supervises by now.
+func (d *Local) stopEverything(ctx context.Context) error {
+	if !d.owner(ctx) {
+		d.log().Info("driver: unloaded, but a newer plugin instance supervises: leaving its instances alone")
+		return nil
+	}
+	type target struct {
+		p  *proc
+		in *inst
+	}
+	var all []target
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	for _, p := range d.procs {
 		for _, in := range p.insts {
-			if in.cleanup != nil {
-				// cgroup fds only; the group itself stays with the process
-				in.cleanup = nil
-			}
+			all = append(all, target{p, in})
 		}
 	}
-	return nil
+	d.mu.Unlock()
+	d.log().Infof("driver: unloaded: stopping %d instances (the desired state stays in the store)", len(all))
+	errs := make([]error, len(all))
+	var wg sync.WaitGroup
+	for i, t := range all {
+		wg.Add(1)
+		d.safeGo(func() {
+			defer wg.Done()
+			errs[i] = d.stopInst(ctx, t.p, t.in)
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// grace is the time an instance gets between SIGTERM and SIGKILL: the
+// configured grace, shortened to fit ctx's deadline.
+func (d *Local) grace(ctx context.Context) time.Duration {
+	g := d.cfg.StopGrace
+	if dl, ok := ctx.Deadline(); ok {
+		if left := time.Until(dl) - time.Second; left < g {
+			g = max(left, 0)
+		}
+	}
+	return g
 }
 
 // safeGo runs fn in a goroutine that recovers and is awaited by Stop.
@@ -715,7 +765,7 @@ func (d *Local) stopInst(ctx context.Context, p *proc, in *inst) error {
 	d.mu.Unlock()
 	d.setRegistered(in, false)
 	if r.State == "running" {
-		stopProcess(r.PID, r.StartTicks, d.cfg.StopGrace)
+		stopProcess(r.PID, r.StartTicks, d.grace(ctx))
 	}
 	err := d.txn(ctx, func(tx sdk.Tx) error { return tx.Delete(instKey(&r)) })
 	d.mu.Lock()

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/plugd/plugd/plugins/deploy/spec"
+	"github.com/plugd/plugd/sdk"
 	"github.com/plugd/plugd/sdk/sdktest"
 )
 
@@ -186,7 +187,7 @@ func TestLocalLifecycle(t *testing.T) {
 
 	// swap: a new driver on the same store adopts the processes
 	d2 := newDriver(t, h)
-	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	sctx, cancel := context.WithTimeout(sdk.WithStopReason(ctx, sdk.StopReplaced), 5*time.Second)
 	if err := d.Stop(sctx); err != nil {
 		t.Fatal(err)
 	}
@@ -300,7 +301,7 @@ func TestSwapDuringRollout(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "taken over") {
 		t.Fatalf("old driver's rollout: %v", err)
 	}
-	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	sctx, cancel := context.WithTimeout(sdk.WithStopReason(ctx, sdk.StopReplaced), 5*time.Second)
 	defer cancel()
 	if err := d1.Stop(sctx); err != nil {
 		t.Fatal(err)
@@ -320,4 +321,85 @@ func TestSwapDuringRollout(t *testing.T) {
 			t.Fatalf("registry has %+v", r)
 		}
 	}
+}
+
+// A final unload stops every instance and deregisters it; the desired
+// state stays, so the next driver brings the instances back. A shutdown
+// leaves them running.
+func TestUnloadStopsAndReloadRestores(t *testing.T) {
+	dir := buildWebapp(t)
+	h := sdktest.NewHost(t, "deploy.v1")
+	d := newDriver(t, h)
+	ctx := context.Background()
+	t.Cleanup(func() { _ = d.Remove(ctx, "hello", "web") })
+	if err := d.Apply(ctx, webSpec(dir, "v1", 2, nil), nil); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := d.Status("hello", "web")
+	first := pids(st)
+
+	// shutdown: kept
+	sctx, cancel := context.WithTimeout(sdk.WithStopReason(ctx, sdk.StopShutdown), 5*time.Second)
+	defer cancel()
+	if err := d.Stop(sctx); err != nil {
+		t.Fatal(err)
+	}
+	for p := range first {
+		if !alive(p) {
+			t.Fatalf("pid %d ended on a shutdown stop", p)
+		}
+	}
+	d = newDriver(t, h)
+	st, _ = d.Status("hello", "web")
+	if !sameSet(pids(st), first) {
+		t.Fatalf("not adopted after shutdown: %+v", st)
+	}
+	waitFor(t, "adopted instances registered", 5*time.Second, func() bool { return len(h.Services().Instances("hello")) == 2 })
+
+	// final unload: nothing left running or registered (Stop without a
+	// reason in ctx is an unload)
+	uctx, cancel2 := context.WithTimeout(ctx, 8*time.Second)
+	defer cancel2()
+	if err := d.Stop(uctx); err != nil {
+		t.Fatal(err)
+	}
+	for p := range first {
+		if alive(p) {
+			t.Fatalf("pid %d alive after unload", p)
+		}
+	}
+	if n := len(h.Services().Instances("hello")); n != 0 {
+		t.Fatalf("%d instances registered after unload", n)
+	}
+	if kvs, _ := h.Store().List(ctx, pfxInst); len(kvs) != 0 {
+		t.Fatalf("instance records left: %d", len(kvs))
+	}
+
+	// loaded again: the desired state brings two new instances back
+	d = newDriver(t, h)
+	waitFor(t, "instances back after reload", 10*time.Second, func() bool {
+		s, _ := d.Status("hello", "web")
+		return s.Healthy == 2 && len(s.Instances) == 2
+	})
+	st, _ = d.Status("hello", "web")
+	for p := range pids(st) {
+		if first[p] {
+			t.Fatalf("pid %d reused after reload: %+v", p, st)
+		}
+	}
+	if n := len(h.Services().Instances("hello")); n != 2 {
+		t.Fatalf("%d instances registered after reload", n)
+	}
+}
+
+func sameSet(a, b map[int]bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if !b[k] {
+			return false
+		}
+	}
+	return true
 }

@@ -608,6 +608,62 @@ func TestDeploy(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 
+	// --- final unload of deploy.v1: every instance ends; loading it again
+	// brings the apps back from the stored desired state ---
+	beforeUnload := e.waitProcs("hello", 3)
+	h.Unload(t, "deploy.v1")
+	e.waitProcs("", 0) // counted by pid in /proc, not by asking the plugin
+	// and each pid is gone (reaped), not only exiting
+	gone := time.Now().Add(15 * time.Second)
+	for pid := range beforeUnload {
+		for syscall.Kill(pid, 0) == nil {
+			if time.Now().After(gone) {
+				t.Fatalf("pid %d still exists after the unload", pid)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if code, _ := e.viaGateway("/hello/"); code == 200 {
+		t.Fatal("gateway still reaches hello after deploy.v1 was unloaded")
+	}
+	unloaded := time.Now().Add(15 * time.Second)
+	for code, _ := e.do("GET", "/", alice, nil); code != 404; code, _ = e.do("GET", "/", alice, nil) {
+		if time.Now().After(unloaded) {
+			t.Fatalf("deploy.v1 still answers after the unload: %d", code)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	h.LoadAPI(t, "deploy.v1", deployFile)
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		p := e.proc("hello", "web")
+		if p.Healthy == 2 && e.proc("hello", "bg").Healthy == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hello not back after reloading deploy.v1: %+v", p)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for pid := range e.waitProcs("hello", 3) {
+		if beforeUnload[pid] {
+			t.Fatalf("pid %d survived the unload", pid)
+		}
+	}
+	if a := e.app("hello"); a.MetaVersion != mv(1) || a.State != "running" {
+		t.Fatalf("app after reload: %+v", a)
+	}
+	deadline = time.Now().Add(15 * time.Second)
+	for {
+		if code, m := e.viaGateway("/hello/"); code == 200 && m["app"] == "hello" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("gateway does not reach hello after deploy.v1 was loaded again")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
 	// --- undeploy and redeploy one proc ---
 	e.opOK("DELETE", "/api/v1/apps/hello/procs/bg/", alice, nil)
 	e.waitProcs("hello", 2)
