@@ -636,21 +636,26 @@ func processGone(id string) bool {
 }
 
 func procStart(pid int) string {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return ""
-	}
-	// Field 2 (comm) may contain spaces: fields are counted after its ')'.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return ""
-	}
-	f := strings.Fields(s[i+1:])
+	f := procStat(strconv.Itoa(pid))
 	if len(f) < 20 {
 		return ""
 	}
 	return f[19] // field 22: starttime
+}
+
+// procStat returns the fields of /proc/<pid>/stat after the command name
+// (which may contain spaces), so f[0] is field 3; nil if pid is gone.
+func procStat(pid string) []string {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return nil
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(s[i+1:])
 }
 
 // killStaleGroup kills the recipe process group a dead runner left behind
@@ -671,5 +676,40 @@ func killStaleGroup(work, id string) bool {
 	if err != nil || !bytes.Contains(env, []byte("\x00APPBUILD_BUILD_ID="+id+"\x00")) {
 		return false
 	}
-	return syscall.Kill(-pid, syscall.SIGKILL) == nil
+	return killGroup(pid)
+}
+
+// killGroup SIGKILLs process group pgid and, since a signal is delivered
+// asynchronously, waits (5 s at most) until none of its processes runs, so
+// whatever is recorded next ("killed", a build's end) is already true. It
+// reports whether the group existed.
+func killGroup(pgid int) bool {
+	if syscall.Kill(-pgid, syscall.SIGKILL) != nil {
+		return false
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for groupAlive(pgid) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
+// groupAlive reports whether a process of group pgid exists that has not
+// exited (zombies, which nobody may reap, do not count).
+func groupAlive(pgid int) bool {
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	for _, d := range dirs {
+		if _, err := strconv.Atoi(d.Name()); err != nil {
+			continue
+		}
+		f := procStat(d.Name())
+		// f[0] is the state (field 3), f[2] the process group (field 5).
+		if len(f) > 2 && f[2] == strconv.Itoa(pgid) && f[0] != "Z" && f[0] != "X" {
+			return true
+		}
+	}
+	return false
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -439,7 +440,7 @@ func TestFallbackPerChannel(t *testing.T) {
 
 func TestCancelAndQueue(t *testing.T) {
 	e := newEnv(t, "")
-	f := e.setup("sleep-27.3", "huawei") // a duration no other test uses, for pgrep
+	f := e.setup("sleep-27.3", "huawei")
 	b1 := e.startBuild(f, "huawei")
 	e.wait(b1.ID, 10*time.Second, StatusRunning)
 	b2 := e.startBuild(f, "huawei") // same app: must queue behind b1
@@ -450,6 +451,8 @@ func TestCancelAndQueue(t *testing.T) {
 	if st := decodeAs[map[string]bool](t, e.do("GET", "/api/build/status/"+f.app, "", 200)); !st["running"] {
 		t.Fatal("status says not running")
 	}
+	// The scan below sees the recipe while it runs.
+	waitProc(t, b1.ID, "sleep 27.3")
 	// Cancel the queued one, then the running one.
 	if c := decodeAs[Build](t, e.do("POST", "/api/build/"+b2.ID+"/cancel", "", 200)); c.Status != StatusCanceled {
 		t.Fatalf("cancel queued: %+v", c)
@@ -460,10 +463,52 @@ func TestCancelAndQueue(t *testing.T) {
 		t.Fatalf("cancel running: %+v", got)
 	}
 	// The recipe's sleep was killed with its process group.
-	out, _ := exec.Command("pgrep", "-fx", `sleep 27\.3`).Output()
-	if len(bytes.TrimSpace(out)) > 0 {
-		t.Fatalf("recipe process survived cancel: %s", out)
+	if procs := buildProcs(t, b1.ID); len(procs) > 0 {
+		t.Fatalf("recipe processes survived cancel: %q", procs)
 	}
+}
+
+// waitProc waits (10 s at most) until build id runs a process whose command
+// line is cmdline.
+func waitProc(t *testing.T, id, cmdline string) {
+	t.Helper()
+	for i := 0; ; i++ {
+		for _, p := range buildProcs(t, id) {
+			if strings.HasSuffix(p, ": "+cmdline) {
+				return
+			}
+		}
+		if i == 200 {
+			t.Fatalf("build %s runs no %q after 10s: %q", id, cmdline, buildProcs(t, id))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// buildProcs lists the live processes ("pid: cmdline") of build id's recipe
+// runs, found by the APPBUILD_BUILD_ID in their environment, so processes of
+// other builds (and of other test runs on the machine) never count. An
+// exited process (even a zombie) has no environment left and is not listed.
+func buildProcs(t *testing.T, id string) []string {
+	t.Helper()
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []byte("\x00APPBUILD_BUILD_ID=" + id + "\x00")
+	var out []string
+	for _, d := range dirs {
+		if _, err := strconv.Atoi(d.Name()); err != nil {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + d.Name() + "/environ")
+		if err != nil || !bytes.Contains(append([]byte{0}, env...), want) {
+			continue
+		}
+		cmd, _ := os.ReadFile("/proc/" + d.Name() + "/cmdline")
+		out = append(out, d.Name()+": "+strings.TrimSpace(strings.ReplaceAll(string(cmd), "\x00", " ")))
+	}
+	return out
 }
 
 func TestTimeout(t *testing.T) {

@@ -519,7 +519,7 @@ func (p *plugin) runRecipe(rb *runningBuild, b *Build, r Recipe, channel, out st
 	err = cmd.Wait()
 	os.Remove(pgid)
 	// Whatever the outcome, nothing the recipe started may outlive it.
-	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	killGroup(cmd.Process.Pid)
 	rb.pollCancel()
 	if err == nil {
 		lg.notef("%s succeeded in %s", what, time.Since(t0).Round(time.Millisecond))

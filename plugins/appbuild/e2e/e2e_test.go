@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -401,15 +402,7 @@ plugins:
 	// interrupted and the recipe it left running is killed.
 	kb := startBuild(newVersion("sleep-31.7"), "huawei")
 	c.waitBuild(kb, 30*time.Second, "running")
-	for i := 0; ; i++ {
-		if out, _ := exec.Command("pgrep", "-fx", `sleep 31\.7`).Output(); len(bytes.TrimSpace(out)) > 0 {
-			break
-		}
-		if i == 200 {
-			t.Fatal("recipe not running 10s after the build started")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitProc(t, kb, "sleep 31.7")
 	syscall.Kill(h.Pid(), syscall.SIGKILL)
 	h.Restart(t)
 	got = c.waitBuild(kb, 30*time.Second, "failed", "succeeded", "canceled")
@@ -417,8 +410,8 @@ plugins:
 		!strings.Contains(got["reason"].(string), "killed") {
 		t.Fatalf("build running when the host was killed: %v", got)
 	}
-	if out, _ := exec.Command("pgrep", "-fx", `sleep 31\.7`).Output(); len(bytes.TrimSpace(out)) != 0 {
-		t.Fatalf("recipe of the killed host still running: %s", out)
+	if procs := buildProcs(t, kb); len(procs) != 0 {
+		t.Fatalf("recipe of the killed host still running: %q", procs)
 	}
 	// And builds still work after the restart.
 	if b := c.waitBuild(startBuild(verID, "and-a0"), 60*time.Second, "succeeded", "failed"); b["status"] != "succeeded" {
@@ -434,4 +427,47 @@ plugins:
 	}
 	// Its builds' records stay reachable by id.
 	c.do("GET", "/api/build/"+bid, "", 200)
+}
+
+// waitProc waits (10 s at most) until build id runs a process whose command
+// line is cmdline.
+func waitProc(t *testing.T, id, cmdline string) {
+	t.Helper()
+	for i := 0; ; i++ {
+		for _, p := range buildProcs(t, id) {
+			if strings.HasSuffix(p, ": "+cmdline) {
+				return
+			}
+		}
+		if i == 200 {
+			t.Fatalf("build %s runs no %q after 10s: %q", id, cmdline, buildProcs(t, id))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// buildProcs lists the live processes ("pid: cmdline") of build id's recipe
+// runs, found by the APPBUILD_BUILD_ID in their environment, so processes of
+// other builds (and of other test runs on the machine) never count. An
+// exited process (even a zombie) has no environment left and is not listed.
+func buildProcs(t *testing.T, id string) []string {
+	t.Helper()
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []byte("\x00APPBUILD_BUILD_ID=" + id + "\x00")
+	var out []string
+	for _, d := range dirs {
+		if _, err := strconv.Atoi(d.Name()); err != nil {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + d.Name() + "/environ")
+		if err != nil || !bytes.Contains(append([]byte{0}, env...), want) {
+			continue
+		}
+		cmd, _ := os.ReadFile("/proc/" + d.Name() + "/cmdline")
+		out = append(out, d.Name()+": "+strings.TrimSpace(strings.ReplaceAll(string(cmd), "\x00", " ")))
+	}
+	return out
 }
