@@ -323,13 +323,22 @@ func (p *plugin) listSub(w http.ResponseWriter, r *http.Request, k subKind, appI
 }
 
 func (p *plugin) getSub(w http.ResponseWriter, r *http.Request, k subKind, appID, id string) {
-	var out json.RawMessage
+	var out any
 	err := p.view(r.Context(), func(tx sdk.Tx) error {
 		if _, err := liveApp(tx, appID); err != nil {
 			return err
 		}
 		b, err := getSubRaw(tx, k, appID, id)
-		out = b
+		if err != nil {
+			return err
+		}
+		// Decoded and written again, so records stored before a field was
+		// added come out like new ones.
+		if k == versions {
+			out, err = decodeRecord[Version](b)
+		} else {
+			out, err = decodeRecord[Channel](b)
+		}
 		return err
 	})
 	if err != nil {

@@ -68,6 +68,26 @@ type Channel struct {
 	Updated  time.Time `json:"updated"`
 }
 
+// The seed's structs name the field "platform", its JSON examples
+// "platforms": versions and channels are written with both (same value),
+// and either is accepted on input (platformField).
+
+func (v Version) MarshalJSON() ([]byte, error) {
+	type plain Version
+	return json.Marshal(struct {
+		plain
+		Platforms string `json:"platforms"`
+	}{plain(v), v.Platform})
+}
+
+func (c Channel) MarshalJSON() ([]byte, error) {
+	type plain Channel
+	return json.Marshal(struct {
+		plain
+		Platforms string `json:"platforms"`
+	}{plain(c), c.Platform})
+}
+
 var idCounter atomic.Uint32
 
 func init() {
@@ -225,6 +245,14 @@ func liveApp(tx sdk.Tx, id string) (*App, error) {
 		return nil, notFound("app %s not found (deleted)", id)
 	}
 	return &a, nil
+}
+
+func decodeRecord[T any](b []byte) (*T, error) {
+	v := new(T)
+	if err := json.Unmarshal(b, v); err != nil {
+		return nil, err
+	}
+	return v, nil
 }
 
 func listJSON[T any](tx sdk.Tx, prefix string) ([]T, error) {

@@ -88,7 +88,10 @@ func recipePath(t *testing.T) string {
 	return p
 }
 
-func newEnv(t *testing.T, extra string) *env {
+func newEnv(t *testing.T, extra string) *env { return newEnvWith(t, extra, nil) }
+
+// newEnvWith is newEnv with mod applied to the config before Start.
+func newEnvWith(t *testing.T, extra string, mod func(*Config)) *env {
 	h := sdktest.NewHost(t, "appbuild.v1")
 	h.ConfigYAML = fmt.Sprintf(`
 users:
@@ -105,6 +108,9 @@ recipes:
 	p, err := newPlugin(h)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if mod != nil {
+		mod(&p.cfg)
 	}
 	if err := p.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -511,9 +517,29 @@ func buildProcs(t *testing.T, id string) []string {
 	return out
 }
 
+func TestGlobalConcurrencyLimit(t *testing.T) {
+	e := newEnvWith(t, "", func(c *Config) { c.MaxConcurrent = 1 })
+	f1 := e.setup("sleep-30", "huawei")
+	f2 := e.setup("", "huawei") // another app: only the global limit holds it
+	b1 := e.startBuild(f1, "huawei")
+	e.wait(b1.ID, 10*time.Second, StatusRunning)
+	b2 := e.startBuild(f2, "huawei")
+	time.Sleep(1500 * time.Millisecond)
+	if got := e.wait(b2.ID, 0, StatusQueued, StatusRunning, StatusSucceeded, StatusFailed); got.Status != StatusQueued {
+		t.Fatalf("build of another app past max_concurrent 1: %s", got.Status)
+	}
+	e.do("POST", "/api/build/"+b1.ID+"/cancel", "", 202)
+	if got := e.wait(b2.ID, 60*time.Second, StatusSucceeded, StatusFailed); got.Status != StatusSucceeded {
+		t.Fatalf("queued build after the slot freed: %+v", got)
+	}
+}
+
 func TestTimeout(t *testing.T) {
-	e := newEnv(t, "")
-	e.p.cfg.Recipes["android"] = func() Recipe { r := e.p.cfg.Recipes["android"]; r.Timeout = time.Second; return r }()
+	e := newEnvWith(t, "", func(c *Config) {
+		r := c.Recipes["android"]
+		r.Timeout = time.Second
+		c.Recipes["android"] = r
+	})
 	f := e.setup("sleep-20", "huawei")
 	b := e.wait(e.startBuild(f, "huawei").ID, 20*time.Second, StatusFailed, StatusSucceeded)
 	if b.Status != StatusFailed || !strings.Contains(b.Reason, "timed out") {

@@ -102,7 +102,9 @@ func (c *client) waitBuild(id string, timeout time.Duration, states ...string) m
 	}
 }
 
-func tools(t *testing.T) string {
+// tools checks the tools the recipe needs, makes a throwaway signing key and
+// builds the reader tool scripts/apkchannel.
+func tools(t *testing.T) (keystore, reader string) {
 	for _, tool := range []string{"apksigner", "zipalign", "keytool", "zip"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s not installed: run scripts/deps/appbuild.sh", tool)
@@ -115,10 +117,18 @@ func tools(t *testing.T) string {
 	if err != nil {
 		t.Fatalf("keytool: %v\n%s", err, out)
 	}
-	return ks
+	reader = filepath.Join(dir, "apkchannel")
+	cmd := exec.Command("go", "build", "-o", reader, "./scripts/apkchannel")
+	cmd.Dir = testhost.RepoRoot(t)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./scripts/apkchannel: %v\n%s", err, out)
+	}
+	return ks, reader
 }
 
-func verify(t *testing.T, data []byte, channel string) {
+// verify checks a channel package: apksigner accepts its signature, and the
+// channel reads back through the package and through the reader tool.
+func verify(t *testing.T, reader string, data []byte, channel string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "pkg.apk")
 	if err := os.WriteFile(path, data, 0o644); err != nil {
@@ -132,10 +142,14 @@ func verify(t *testing.T, data []byte, channel string) {
 	if err != nil || info == nil || info.Channel != channel {
 		t.Fatalf("channel read back: %+v %v, want %s", info, err, channel)
 	}
+	out, err = exec.Command(reader, "read", path).Output()
+	if err != nil || string(out) != path+"\t"+channel+"\n" {
+		t.Fatalf("apkchannel read: %v %q, want %q", err, out, path+"\t"+channel+"\n")
+	}
 }
 
 func TestAppBuild(t *testing.T) {
-	ks := tools(t)
+	ks, reader := tools(t)
 	root := testhost.RepoRoot(t)
 	hash, _ := bcrypt.GenerateFromPassword([]byte("guessme"), bcrypt.MinCost)
 	cfg := fmt.Sprintf(`stop_timeout: 10s
@@ -145,7 +159,7 @@ plugins:
       - name: admin
         password_bcrypt: %q
     max_concurrent: 2
-    retention: 5
+    retention: 3
     recipes:
       android:
         command: [%q]
@@ -194,14 +208,17 @@ plugins:
 	ver := obj(t, c.do("POST", "/api/app/"+appID+"/version", `{"code": "1", "name": "0.0.1", "platform": "android"}`, 201))
 	verID := ver["id"].(string)
 	ver = obj(t, c.do("PUT", "/api/app/"+appID+"/version/"+verID, `{"code": "1", "name": "0.0.1", "platforms": "android", "git_tag": "v0.0.1"}`, 201))
-	if ver["git_tag"] != "v0.0.1" || ver["platform"] != "android" {
+	if ver["git_tag"] != "v0.0.1" || ver["platform"] != "android" || ver["platforms"] != "android" {
 		t.Fatalf("put version: %v", ver)
 	}
 	c.do("GET", "/api/app/"+appID+"/version/"+verID, "", 200)
 	ch := obj(t, c.do("POST", "/api/app/"+appID+"/channel", `{"code": "and-a0", "name": "测试", "platforms": "android"}`, 201))
 	chID := ch["id"].(string)
 	c.do("PUT", "/api/app/"+appID+"/channel/"+chID, `{"code": "and-a0", "name": "测试", "platform": "android"}`, 201)
-	if l := list(t, c.do("GET", "/api/app/"+appID+"/channel", "", 200)); len(l) != 1 || l[0]["code"] != "and-a0" {
+	if got := obj(t, c.do("GET", "/api/app/"+appID+"/channel/"+chID, "", 200)); got["code"] != "and-a0" || got["name"] != "测试" || got["platforms"] != "android" {
+		t.Fatalf("get channel: %v", got)
+	}
+	if l := list(t, c.do("GET", "/api/app/"+appID+"/channel", "", 200)); len(l) != 1 || l[0]["code"] != "and-a0" || l[0]["platforms"] != "android" {
 		t.Fatalf("channel list: %v", l)
 	}
 	for _, code := range []string{"huawei", "xiaomi"} {
@@ -212,6 +229,22 @@ plugins:
 	c.do("GET", "/api/app/"+appID+"/version/"+tmp["id"].(string), "", 404)
 
 	// ---- validation: 400 and nothing changed
+	appBefore := c.do("GET", "/api/app/"+appID, "", 200)
+	verBefore := c.do("GET", "/api/app/"+appID+"/version/"+verID, "", 200)
+	chBefore := c.do("GET", "/api/app/"+appID+"/channel/"+chID, "", 200)
+	// The seed's own version and channel examples lack a comma after
+	// "code": invalid JSON, refused as such.
+	for _, v := range []struct{ method, path, body string }{
+		{"POST", "/api/app/" + appID + "/version", "{\n\t\"code\": \"1\"\n\t\"name\": \"0.0.1\",\n\t\"platform\": \"android\"\n}"},
+		{"PUT", "/api/app/" + appID + "/version/" + verID, "{\n\t\"code\": \"1\"\n\t\"name\": \"0.0.1\",\n\t\"platforms\": \"android\"\n}"},
+		{"POST", "/api/app/" + appID + "/channel", "{\n\t\"code\": \"and-a0\"\n\t\"name\": \"测试\",\n\t\"platforms\": \"android\"\n}"},
+		{"PUT", "/api/app/" + appID + "/channel/" + chID, "{\n\t\"code\": \"and-a0\"\n\t\"name\": \"测试\",\n\t\"platform\": \"android\"\n}"},
+	} {
+		resp, b := c.raw(v.method, v.path, v.body)
+		if resp.StatusCode != 400 || !bytes.Contains(b, []byte("invalid JSON body")) {
+			t.Errorf("seed example %s %s: %d %s", v.method, v.path, resp.StatusCode, b)
+		}
+	}
 	for _, v := range []struct{ method, path, body string }{
 		{"POST", "/api/app", `{"name": "", "platforms": ["android"]}`},
 		{"POST", "/api/app", `{"name": "x", "platforms": ["winphone"]}`},
@@ -221,15 +254,38 @@ plugins:
 		{"POST", "/api/app/" + appID + "/channel", `{"code": "and-a0", "name": "dup", "platform": "android"}`},
 		{"POST", "/api/app/" + appID + "/channel", `{"code": "", "name": "x", "platform": "android"}`},
 		{"PUT", "/api/app/" + appID, `{"name": "   "}`},
+		{"PUT", "/api/app/" + appID, `{"name": "renamed", "platforms": ["android", "blackberry"]}`},
+		{"PUT", "/api/app/" + appID, `{"name": "renamed", "platforms": ["ios"]}`}, // android still in use
+		{"PUT", "/api/app/" + appID, `{"name": "renamed", "color": "red"}`},
+		{"PUT", "/api/app/" + appID + "/version/" + verID, `{"code": "1", "name": "renamed", "platform": "symbian"}`},
+		{"PUT", "/api/app/" + appID + "/version/" + verID, `{"name": "renamed", "git_tag": "a\nb"}`},
+		{"PUT", "/api/app/" + appID + "/version/" + verID, `{"name": "renamed", "build": 2}`},
+		{"PUT", "/api/app/" + appID + "/channel/" + chID, `{"code": "huawei", "name": "renamed"}`},
+		{"PUT", "/api/app/" + appID + "/channel/" + chID, `{"code": "bad code", "name": "renamed"}`},
+		{"PUT", "/api/app/" + appID + "/channel/" + chID, `{"name": ""}`},
+		{"POST", "/api/build", `{"appid": "` + appID + `", "versionid": "` + verID + `", "channels": ["huawei"], "priority": 1}`},
 	} {
 		resp, b := c.raw(v.method, v.path, v.body)
 		if resp.StatusCode != 400 || !bytes.Contains(b, []byte(`"error"`)) {
 			t.Errorf("%s %s %s: %d %s", v.method, v.path, v.body, resp.StatusCode, b)
 		}
 	}
-	resp, _ = c.raw("POST", "/api/app", `{"name": "`+strings.Repeat("n", 100<<10)+`", "platforms": ["android"]}`)
-	if resp.StatusCode != 413 && resp.StatusCode != 400 {
-		t.Errorf("oversize body: %d", resp.StatusCode)
+	resp, b := c.raw("POST", "/api/app", `{"name": "`+strings.Repeat("n", 100<<10)+`", "platforms": ["android"]}`)
+	if resp.StatusCode != 413 || !bytes.Contains(b, []byte("body larger than 65536 bytes")) {
+		t.Errorf("oversize body: %d %s", resp.StatusCode, b)
+	}
+	resp, b = c.raw("PUT", "/api/app/"+appID+"/channel/"+chID, `{"name": "`+strings.Repeat("n", 100<<10)+`"}`)
+	if resp.StatusCode != 413 || !bytes.Contains(b, []byte("body larger than")) {
+		t.Errorf("oversize PUT body: %d %s", resp.StatusCode, b)
+	}
+	for path, before := range map[string][]byte{"/api/app/" + appID: appBefore,
+		"/api/app/" + appID + "/version/" + verID: verBefore, "/api/app/" + appID + "/channel/" + chID: chBefore} {
+		if after := c.do("GET", path, "", 200); !bytes.Equal(after, before) {
+			t.Errorf("rejected requests changed %s:\n%s\n%s", path, before, after)
+		}
+	}
+	if l := list(t, c.do("GET", "/api/app/"+appID+"/version", "", 200)); len(l) != 1 {
+		t.Fatalf("rejected requests changed versions: %v", l)
 	}
 	if l := list(t, c.do("GET", "/api/app", "", 200)); len(l) != 1 {
 		t.Fatalf("rejected requests changed the app list: %v", l)
@@ -279,7 +335,7 @@ plugins:
 		if int64(len(data)) != int64(f["size"].(float64)) {
 			t.Fatalf("size %d vs record %v", len(data), f["size"])
 		}
-		verify(t, data, m["channel"].(string))
+		verify(t, reader, data, m["channel"].(string))
 		// The reader endpoint on an uploaded APK.
 		got := obj(t, c.do("POST", "/api/apk/channel", string(data), 200))
 		if got["channel"] != m["channel"] {
@@ -381,6 +437,7 @@ plugins:
 	if swb["status"] != "succeeded" {
 		t.Fatalf("build across a swap: %v", swb)
 	}
+	swPkg := swb["results"].([]any)[0].(map[string]any)["artifacts"].([]any)[0].(map[string]any)["file"].(string)
 
 	// ---- restart: records and artifacts survive; a build running at the
 	// stop is recorded as failed with the reason, not left running.
@@ -417,6 +474,17 @@ plugins:
 	if b := c.waitBuild(startBuild(verID, "and-a0"), 60*time.Second, "succeeded", "failed"); b["status"] != "succeeded" {
 		t.Fatalf("build after restart: %v", b)
 	}
+	// Retention 3: that was the fourth build with packages, so the first
+	// build's packages are gone (its record and log stay).
+	resp, b = c.raw("GET", firstPath, "")
+	if resp.StatusCode != 410 || !bytes.Contains(b, []byte("retention")) {
+		t.Fatalf("package of a build past retention: %d %s", resp.StatusCode, b)
+	}
+	if u := obj(t, c.do("GET", "/api/build/"+bid+"/download", "", 200)); u["artifacts_removed"] != true {
+		t.Fatalf("download urls past retention: %v", u)
+	}
+	c.do("GET", "/download/"+sw+"/"+swPkg, "", 200)
+	c.do("GET", "/api/build/"+bid+"/log", "", 200)
 
 	// ---- soft delete
 	c.do("DELETE", "/api/app/"+appID, "", 204)
