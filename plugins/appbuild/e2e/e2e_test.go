@@ -227,6 +227,32 @@ plugins:
 	tmp := obj(t, c.do("POST", "/api/app/"+appID+"/version", `{"code": "9", "name": "tmp", "platform": "ios"}`, 201))
 	c.do("DELETE", "/api/app/"+appID+"/version/"+tmp["id"].(string), "", 204)
 	c.do("GET", "/api/app/"+appID+"/version/"+tmp["id"].(string), "", 404)
+	c.do("DELETE", "/api/app/"+appID+"/version/"+tmp["id"].(string), "", 404)
+	tmpCh := obj(t, c.do("POST", "/api/app/"+appID+"/channel", `{"code": "tmp", "name": "tmp", "platform": "ios"}`, 201))
+	c.do("DELETE", "/api/app/"+appID+"/channel/"+tmpCh["id"].(string), "", 204)
+	c.do("GET", "/api/app/"+appID+"/channel/"+tmpCh["id"].(string), "", 404)
+	c.do("DELETE", "/api/app/"+appID+"/channel/"+tmpCh["id"].(string), "", 404)
+	// Unknown ids: 404 for every method.
+	const unknown = "0123456789abcdef01234567"
+	for _, v := range []struct{ method, path, body string }{
+		{"PUT", "/api/app/" + unknown, `{"name": "x"}`},
+		{"DELETE", "/api/app/" + unknown, ""},
+		{"GET", "/api/app/" + unknown + "/version", ""},
+		{"POST", "/api/app/" + unknown + "/channel", `{"code": "x", "name": "x", "platform": "android"}`},
+		{"GET", "/api/app/" + appID + "/version/" + unknown, ""},
+		{"PUT", "/api/app/" + appID + "/version/" + unknown, `{"name": "x"}`},
+		{"PUT", "/api/app/" + appID + "/channel/" + unknown, `{"name": "x"}`},
+		{"DELETE", "/api/app/" + appID + "/channel/" + unknown, ""},
+		{"GET", "/api/build/status/" + unknown, ""},
+		{"GET", "/api/app/" + unknown + "/build", ""},
+		{"POST", "/api/build/" + unknown + "/cancel", ""},
+		{"GET", "/api/build/" + unknown + "/log", ""},
+		{"GET", "/api/build/" + unknown + "/download", ""},
+	} {
+		if resp, b := c.raw(v.method, v.path, v.body); resp.StatusCode != 404 || !bytes.Contains(b, []byte(`"error"`)) {
+			t.Errorf("%s %s: %d %s, want 404", v.method, v.path, resp.StatusCode, b)
+		}
+	}
 
 	// ---- validation: 400 and nothing changed
 	appBefore := c.do("GET", "/api/app/"+appID, "", 200)
