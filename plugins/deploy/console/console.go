@@ -28,8 +28,10 @@ type Config struct {
 	Users []User `yaml:"users"`
 	// Admins are user names that may change every app.
 	Admins []string `yaml:"admins"`
-	// Limits is how cpu/memory are enforced: auto (cgroup v2 when usable,
-	// else rlimit), cgroup or rlimit.
+	// Limits is how cpu/memory are enforced: auto (cgroup v2 with the cpu
+	// and memory controllers, else writable cgroup v1 hierarchies, else
+	// rlimits and a resident-memory watchdog), cgroup (the same, warning
+	// when it falls back) or rlimit.
 	Limits string `yaml:"limits"`
 	// StopGrace is the time between SIGTERM and SIGKILL (default 5s).
 	StopGrace time.Duration `yaml:"stop_grace"`

@@ -59,10 +59,15 @@ func (s *Spec) RunHash() string {
 
 // Limits says how a proc's cpu and memory are enforced.
 type Limits struct {
-	// Mode is "cgroup-v2" or "rlimit".
+	// Mode is "cgroup-v2", "cgroup-v1" or "rlimit".
 	Mode   string `json:"mode"`
 	CPU    string `json:"cpu"`
 	Memory string `json:"memory"`
+	// MemoryBy is what enforces memory: "cgroup-v2", "cgroup-v1" or
+	// "rss-watchdog"; CPUBy what enforces cpu: "cgroup-v2", "cgroup-v1"
+	// or "none".
+	MemoryBy string `json:"memory_enforced_by"`
+	CPUBy    string `json:"cpu_enforced_by"`
 }
 
 // InstanceStatus is one instance of a proc.

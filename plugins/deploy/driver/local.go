@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/plugd/plugd/plugins/deploy/spec"
 	"github.com/plugd/plugd/sdk"
 	"github.com/sirupsen/logrus"
 )
@@ -86,6 +87,8 @@ type instRecord struct {
 	LastExit    string    `json:"last_exit,omitempty"`
 	State       string    `json:"state"` // running, backoff
 	NextRestart time.Time `json:"next_restart,omitempty"`
+	// Cgroups are the instance's cgroup directories (none in rlimit mode).
+	Cgroups []string `json:"cgroups,omitempty"`
 }
 
 type inst struct {
@@ -96,7 +99,6 @@ type inst struct {
 	lastProb time.Time
 	adopted  bool
 	stopping bool
-	cleanup  func()
 	// lastHealthErr is the latest failed probe, for error messages.
 	lastHealthErr string
 }
@@ -154,7 +156,7 @@ func NewLocal(cfg LocalConfig) *Local {
 
 func (d *Local) Name() string { return "local" }
 
-// LimitsMode is "cgroup-v2" or "rlimit" once started.
+// LimitsMode is "cgroup-v2", "cgroup-v1" or "rlimit" once started.
 func (d *Local) LimitsMode() string {
 	if d.lim == nil {
 		return ""
@@ -604,6 +606,11 @@ func (d *Local) crashed(ctx context.Context, in *inst, why string) error {
 	if backoff > d.cfg.MaxBackoff {
 		backoff = d.cfg.MaxBackoff
 	}
+	if d.lim.oomKilled(r.Cgroups) {
+		why += "; out of memory: OOM-killed by the kernel at the cgroup memory limit " + spec.FormatMemory(r.Spec.Memory)
+	}
+	d.lim.release(r.Cgroups)
+	r.Cgroups = nil
 	r.State, r.LastExit, r.NextRestart = "backoff", why, time.Now().Add(backoff)
 	r.Restarts++
 	if err := d.txn(ctx, func(tx sdk.Tx) error { return putJSON(tx, instKey(&r), &r) }); err != nil {
@@ -612,10 +619,6 @@ func (d *Local) crashed(ctx context.Context, in *inst, why string) error {
 	d.log().Warnf("driver: %s/%s %s; restart %d in %v", r.App, r.ID, why, r.Restarts, backoff)
 	d.mu.Lock()
 	in.rec, in.healthy, in.fails, in.adopted = r, false, 0, false
-	if in.cleanup != nil {
-		in.cleanup()
-		in.cleanup = nil
-	}
 	d.mu.Unlock()
 	return nil
 }
@@ -702,31 +705,61 @@ func (d *Local) spawn(ctx context.Context, in *inst, r instRecord) error {
 		}
 		cmd.Stdout, cmd.Stderr = f, f
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		cleanup, err := d.lim.prepare(&s, r.ID, cmd)
+		// The shell waits on fd 3 before it runs the command, so that the
+		// process is in its cgroups and without core dumps first. If this
+		// side goes away instead, the read fails and the shell exits.
+		gateR, gateW, err := os.Pipe()
 		if err != nil {
 			return err
 		}
-		if err := cmd.Start(); err != nil {
-			cleanup()
+		defer gateR.Close()
+		defer gateW.Close()
+		cmd.ExtraFiles = []*os.File{gateR}
+		cmd.Args[2] = "read -r _ <&3 || { echo 'plugd-deploy: not released by the supervisor' >&2; exit 97; }; exec 3<&-\n" + script
+		cgs, done, err := d.lim.prepare(&s, r.ID, cmd)
+		if err != nil {
+			fmt.Fprintf(f, "--- plugd-deploy: start failed: %v\n", err)
+			return err
+		}
+		err = cmd.Start()
+		done()
+		if err != nil {
+			d.lim.release(cgs)
 			fmt.Fprintf(f, "--- plugd-deploy: start failed: %v\n", err)
 			return err
 		}
 		pid := cmd.Process.Pid
-		d.lim.started(pid)
 		_ = cmd.Process.Release() // reaped with wait4 by whoever supervises
-		ticks, _, err := startTicks(pid)
-		if err != nil {
+		ticks, _, terr := startTicks(pid)
+		if terr != nil {
 			ticks = 0
 		}
-		r.PID, r.StartTicks, r.Started, r.State, r.NextRestart = pid, ticks, time.Now(), "running", time.Time{}
-		if err := putJSON(tx, instKey(&r), &r); err != nil {
-			killGroup(pid, ticks, syscall.SIGKILL)
-			cleanup()
+		abort := func(err error) error {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			for i := 0; i < 100; i++ {
+				if ok, _ := probeExit(pid, ticks); !ok {
+					break
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			d.lim.release(cgs)
+			fmt.Fprintf(f, "--- plugd-deploy: start failed: %v\n", err)
 			return err
+		}
+		if err := d.lim.place(pid, cgs); err != nil {
+			return abort(err)
+		}
+		noCores(pid)
+		r.PID, r.StartTicks, r.Started, r.State, r.NextRestart, r.Cgroups = pid, ticks, time.Now(), "running", time.Time{}, cgs
+		if err := putJSON(tx, instKey(&r), &r); err != nil {
+			return abort(err)
+		}
+		if _, err := gateW.Write([]byte("go\n")); err != nil {
+			return abort(fmt.Errorf("release the process: %v", err))
 		}
 		started = true
 		d.mu.Lock()
-		in.rec, in.healthy, in.fails, in.adopted, in.cleanup = r, false, 0, false, cleanup
+		in.rec, in.healthy, in.fails, in.adopted = r, false, 0, false
 		in.lastProb, in.lastHealthErr = time.Time{}, ""
 		d.mu.Unlock()
 		return nil
@@ -768,12 +801,9 @@ func (d *Local) stopInst(ctx context.Context, p *proc, in *inst) error {
 		stopProcess(r.PID, r.StartTicks, d.grace(ctx))
 	}
 	err := d.txn(ctx, func(tx sdk.Tx) error { return tx.Delete(instKey(&r)) })
+	d.lim.release(r.Cgroups)
 	d.mu.Lock()
 	delete(p.insts, r.ID)
-	if in.cleanup != nil {
-		in.cleanup()
-		in.cleanup = nil
-	}
 	d.mu.Unlock()
 	d.freePort(r.Port)
 	return err

@@ -237,10 +237,15 @@ func TestLocalLifecycle(t *testing.T) {
 func TestMemoryWatchdog(t *testing.T) {
 	dir := buildWebapp(t)
 	h := sdktest.NewHost(t, "deploy.v1")
-	d := newDriver(t, h)
+	// rlimit mode on every machine, cgroups or not: the watchdog is what
+	// enforces memory there
+	d := NewLocal(LocalConfig{Store: h.Store(), Services: h.Services(), Logger: h.Logger(), Go: h.Go,
+		DataDir: h.DataDir(), Limits: "rlimit", Tick: 50 * time.Millisecond, StopGrace: 2 * time.Second})
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	if d.LimitsMode() != "rlimit" {
-		t.Logf("limits mode %s: watchdog not used", d.LimitsMode())
-		return
+		t.Fatalf("limits mode %s with limits: rlimit", d.LimitsMode())
 	}
 	// children inherit our core limit: make it non-zero (within the hard
 	// limit) so that the check below means something
@@ -259,7 +264,7 @@ func TestMemoryWatchdog(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = d.Remove(ctx, "hello", "web") })
 	st, _ := d.Status("hello", "web")
-	if !strings.Contains(st.Limits.Memory, "watchdog") {
+	if !strings.Contains(st.Limits.Memory, "watchdog") || st.Limits.MemoryBy != ByWatchdog || st.Limits.CPUBy != ByNone {
 		t.Fatalf("limits: %+v", st.Limits)
 	}
 	limits, err := os.ReadFile("/proc/" + strconv.Itoa(st.Instances[0].PID) + "/limits")

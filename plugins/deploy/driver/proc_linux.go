@@ -7,7 +7,15 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"unsafe"
 )
+
+// noCores turns core dumps off for pid (RLIMIT_CORE 0): a crash-looping
+// instance must not fill the disk with cores.
+func noCores(pid int) {
+	lim := syscall.Rlimit{Cur: 0, Max: 0}
+	_, _, _ = syscall.RawSyscall6(syscall.SYS_PRLIMIT64, uintptr(pid), uintptr(syscall.RLIMIT_CORE), uintptr(unsafe.Pointer(&lim)), 0, 0, 0)
+}
 
 // startTicks reads the start time of pid (clock ticks since boot, field 22
 // of /proc/<pid>/stat) and whether it is a zombie. Together with the pid it

@@ -142,9 +142,11 @@ type procView struct {
 	Healthy      int    `json:"healthy"`
 	Memory       string `json:"memory"`
 	Limits       *struct {
-		Mode   string `json:"mode"`
-		Memory string `json:"memory"`
-		CPU    string `json:"cpu"`
+		Mode     string `json:"mode"`
+		Memory   string `json:"memory"`
+		CPU      string `json:"cpu"`
+		MemoryBy string `json:"memory_enforced_by"`
+		CPUBy    string `json:"cpu_enforced_by"`
 	} `json:"limits"`
 	Instances []instance `json:"instances"`
 }
@@ -304,7 +306,7 @@ func TestDeploy(t *testing.T) {
 	h.LoadAPI(t, "deploy.v1", deployFile)
 	h.LoadAPI(t, "gateway.v1", h.Compile(t, "plugins/gateway"))
 	t.Cleanup(func() {
-		for _, a := range []string{"hello", "client"} {
+		for _, a := range []string{"hello", "client", "limits"} {
 			if code, _ := e.do("DELETE", "/api/v1/apps/"+a, root, nil); code == 202 {
 				time.Sleep(100 * time.Millisecond)
 			}
@@ -460,7 +462,7 @@ func TestDeploy(t *testing.T) {
 	before := pidsOf(web)
 	e.opOK("PATCH", "/api/v1/apps/hello/procs/web/", alice, map[string]any{"cpu": 0.5, "memory": "256M"})
 	web = e.proc("hello", "web")
-	if web.Memory != "256M" || web.Limits == nil || (web.Limits.Mode != "rlimit" && web.Limits.Mode != "cgroup-v2") || web.Healthy != 1 {
+	if web.Memory != "256M" || web.Limits == nil || (web.Limits.Mode != "rlimit" && web.Limits.Mode != "cgroup-v1" && web.Limits.Mode != "cgroup-v2") || web.Healthy != 1 {
 		t.Fatalf("resized: %+v", web)
 	}
 	for pid := range pidsOf(web) {
@@ -706,6 +708,11 @@ func TestDeploy(t *testing.T) {
 		t.Fatalf("resource instances after undeploy: %+v", insts)
 	}
 	e.want(200, "GET", "/api/v1/repos/client/", alice, nil, nil) // registration kept
+
+	// --- resource limits: the mechanism this machine offers, enforced ---
+	testLimits(e)
+	e.opOK("DELETE", "/api/v1/apps/limits/", alice, nil)
+	e.waitProcs("limits", 0)
 
 	// --- host restart: desired state restored, live processes adopted ---
 	beforeRestart := e.waitProcs("hello", 3)

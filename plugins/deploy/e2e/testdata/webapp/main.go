@@ -5,7 +5,8 @@
 //	GET /crash    exits with status 3
 //	GET /alloc?mb=N  allocates and keeps N MiB
 //
-// With WORKER=1 it serves nothing and just runs.
+// With WORKER=1 it serves nothing and just runs; with SPIN=1 as well it
+// keeps a CPU busy.
 package main
 
 import (
@@ -17,11 +18,17 @@ import (
 	"time"
 )
 
-var keep [][]byte
+var (
+	keep [][]byte
+	spin uint64
+)
 
 func main() {
 	fmt.Printf("webapp %s/%s %s starting pid %d port %s\n", os.Getenv("APP_NAME"), os.Getenv("INSTANCE_ID"), os.Getenv("META_VERSION"), os.Getpid(), os.Getenv("PORT"))
 	if os.Getenv("WORKER") == "1" {
+		for os.Getenv("SPIN") == "1" {
+			spin++
+		}
 		for {
 			time.Sleep(time.Second)
 		}
