@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,9 +11,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/plugd/plugd/plugins/appbuild/internal/procs"
 	"github.com/plugd/plugd/sdk"
 )
 
@@ -474,6 +473,13 @@ func (p *plugin) reapOrphans(ctx context.Context) error {
 			continue
 		}
 		id := strings.TrimPrefix(kv.Key, kActive)
+		p.mu.Lock()
+		_, mine := p.running[id]
+		mine = mine || p.adopted[id]
+		p.mu.Unlock()
+		if mine {
+			continue // alive here, even if a stalled store let its lease lapse
+		}
 		reason := ""
 		lb, err := p.store.Get(ctx, kLease+id)
 		switch {
@@ -494,7 +500,7 @@ func (p *plugin) reapOrphans(ctx context.Context) error {
 			continue
 		}
 		p.h.Logger().WithField("build", id).Warn("marking orphaned build failed: " + reason)
-		if killStaleGroup(filepath.Join(p.workDir, id), id) {
+		if killLeftovers(filepath.Join(p.workDir, id), id) {
 			reason += "; its leftover recipe processes were killed"
 		}
 		appendLog(filepath.Join(p.logsDir, id+".log"), "[appbuild] "+reason+"\n")
@@ -613,7 +619,7 @@ func hasArtifacts(b *Build) bool {
 func processID() string {
 	host, _ := os.Hostname()
 	pid := os.Getpid()
-	return host + "/" + strconv.Itoa(pid) + "/" + procStart(pid)
+	return host + "/" + strconv.Itoa(pid) + "/" + procs.StartTime(pid)
 }
 
 // processGone reports whether the process named by id (from processID) is
@@ -631,85 +637,24 @@ func processGone(id string) bool {
 	if err != nil {
 		return false
 	}
-	st := procStart(pid)
+	st := procs.StartTime(pid)
 	return st == "" || st != parts[2]
 }
 
-func procStart(pid int) string {
-	f := procStat(strconv.Itoa(pid))
-	if len(f) < 20 {
-		return ""
-	}
-	return f[19] // field 22: starttime
-}
-
-// procStat returns the fields of /proc/<pid>/stat after the command name
-// (which may contain spaces), so f[0] is field 3; nil if pid is gone.
-func procStat(pid string) []string {
-	b, err := os.ReadFile("/proc/" + pid + "/stat")
-	if err != nil {
-		return nil
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return nil
-	}
-	return strings.Fields(s[i+1:])
-}
-
-// killStaleGroup kills the recipe process group a dead runner left behind
-// (a host killed with SIGKILL leaves its recipe running), if the group's
-// leader is still that build's recipe: its environment names the build, so
-// a reused pid is never hit.
-func killStaleGroup(work, id string) bool {
-	b, err := os.ReadFile(filepath.Join(work, pgidFile))
-	if err != nil {
-		return false
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 1 {
-		return false
-	}
-	env, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
-	env = append([]byte{0}, env...)
-	if err != nil || !bytes.Contains(env, []byte("\x00APPBUILD_BUILD_ID="+id+"\x00")) {
-		return false
-	}
-	return killGroup(pid)
-}
-
-// killGroup SIGKILLs process group pgid and, since a signal is delivered
-// asynchronously, waits (5 s at most) until none of its processes runs, so
-// whatever is recorded next ("killed", a build's end) is already true. It
-// reports whether the group existed.
-func killGroup(pgid int) bool {
-	if syscall.Kill(-pgid, syscall.SIGKILL) != nil {
-		return false
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for groupAlive(pgid) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	return true
-}
-
-// groupAlive reports whether a process of group pgid exists that has not
-// exited (zombies, which nobody may reap, do not count).
-func groupAlive(pgid int) bool {
-	dirs, err := os.ReadDir("/proc")
-	if err != nil {
-		return false
-	}
-	for _, d := range dirs {
-		if _, err := strconv.Atoi(d.Name()); err != nil {
-			continue
-		}
-		f := procStat(d.Name())
-		// f[0] is the state (field 3), f[2] the process group (field 5).
-		if len(f) > 2 && f[2] == strconv.Itoa(pgid) && f[0] != "Z" && f[0] != "X" {
-			return true
+// killLeftovers kills the recipe processes a dead runner left behind (a
+// host killed with SIGKILL leaves its recipe running): the process group
+// named in the work dir, if its leader is still that build's recipe, and
+// every process whose environment names the build (which also covers a
+// recipe started just before the group was written down, or one that left
+// its group). The environment check means a reused pid is never hit. It
+// reports whether anything was killed.
+func killLeftovers(work, id string) bool {
+	env := "APPBUILD_BUILD_ID=" + id
+	killed := false
+	if b, err := os.ReadFile(filepath.Join(work, pgidFile)); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 && procs.HasEnv(pid, env) {
+			killed = procs.KillGroup(pid, 5*time.Second)
 		}
 	}
-	return false
+	return procs.KillWithEnv(env, 5*time.Second) > 0 || killed
 }

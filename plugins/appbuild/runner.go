@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/plugd/plugd/plugins/appbuild/apkchannel"
+	"github.com/plugd/plugd/plugins/appbuild/internal/procs"
 	"github.com/plugd/plugd/sdk"
 )
 
@@ -519,7 +520,7 @@ func (p *plugin) runRecipe(rb *runningBuild, b *Build, r Recipe, channel, out st
 	err = cmd.Wait()
 	os.Remove(pgid)
 	// Whatever the outcome, nothing the recipe started may outlive it.
-	killGroup(cmd.Process.Pid)
+	procs.KillGroup(cmd.Process.Pid, 5*time.Second)
 	rb.pollCancel()
 	if err == nil {
 		lg.notef("%s succeeded in %s", what, time.Since(t0).Round(time.Millisecond))

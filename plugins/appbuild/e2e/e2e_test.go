@@ -13,7 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,6 +21,7 @@ import (
 
 	"github.com/plugd/plugd/internal/testhost"
 	"github.com/plugd/plugd/plugins/appbuild/apkchannel"
+	"github.com/plugd/plugd/plugins/appbuild/internal/procs"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -493,8 +494,8 @@ plugins:
 		!strings.Contains(got["reason"].(string), "killed") {
 		t.Fatalf("build running when the host was killed: %v", got)
 	}
-	if procs := buildProcs(t, kb); len(procs) != 0 {
-		t.Fatalf("recipe of the killed host still running: %q", procs)
+	if left := procs.WithEnv("APPBUILD_BUILD_ID=" + kb); len(left) != 0 {
+		t.Fatalf("recipe of the killed host still running: %v", left)
 	}
 	// And builds still work after the restart.
 	if b := c.waitBuild(startBuild(verID, "and-a0"), 60*time.Second, "succeeded", "failed"); b["status"] != "succeeded" {
@@ -528,40 +529,13 @@ plugins:
 func waitProc(t *testing.T, id, cmdline string) {
 	t.Helper()
 	for i := 0; ; i++ {
-		for _, p := range buildProcs(t, id) {
-			if strings.HasSuffix(p, ": "+cmdline) {
-				return
-			}
+		ps := procs.WithEnv("APPBUILD_BUILD_ID=" + id)
+		if slices.ContainsFunc(ps, func(p procs.Proc) bool { return p.Cmdline == cmdline }) {
+			return
 		}
 		if i == 200 {
-			t.Fatalf("build %s runs no %q after 10s: %q", id, cmdline, buildProcs(t, id))
+			t.Fatalf("build %s runs no %q after 10s: %v", id, cmdline, ps)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// buildProcs lists the live processes ("pid: cmdline") of build id's recipe
-// runs, found by the APPBUILD_BUILD_ID in their environment, so processes of
-// other builds (and of other test runs on the machine) never count. An
-// exited process (even a zombie) has no environment left and is not listed.
-func buildProcs(t *testing.T, id string) []string {
-	t.Helper()
-	dirs, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []byte("\x00APPBUILD_BUILD_ID=" + id + "\x00")
-	var out []string
-	for _, d := range dirs {
-		if _, err := strconv.Atoi(d.Name()); err != nil {
-			continue
-		}
-		env, err := os.ReadFile("/proc/" + d.Name() + "/environ")
-		if err != nil || !bytes.Contains(append([]byte{0}, env...), want) {
-			continue
-		}
-		cmd, _ := os.ReadFile("/proc/" + d.Name() + "/cmdline")
-		out = append(out, d.Name()+": "+strings.TrimSpace(strings.ReplaceAll(string(cmd), "\x00", " ")))
-	}
-	return out
 }
