@@ -3,36 +3,14 @@ package main
 import (
 	"context"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/plugd/plugd/sdk/sdktest"
 )
-
-// startOn starts an instance on h (a swap when one already runs there).
-func startOn(t *testing.T, h *sdktest.Host) (*plugin, string) {
-	t.Helper()
-	p, err := newPlugin(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(p)
-	t.Cleanup(func() {
-		srv.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		p.Stop(ctx)
-	})
-	return p, srv.URL
-}
 
 func statusAs(t *testing.T, url, user, pass string) int {
 	t.Helper()
@@ -48,7 +26,7 @@ func statusAs(t *testing.T, url, user, pass string) int {
 
 func TestBootstrapUser(t *testing.T) {
 	h := sdktest.NewHost(t, "appbuild.v1")
-	p1, url1 := startOn(t, h)
+	p1, url1 := startInstance(t, h, nil)
 	path := filepath.Join(h.DataDir(), bootstrapFile)
 	st, err := os.Stat(path)
 	if err != nil || st.Mode().Perm() != 0o600 {
@@ -76,7 +54,7 @@ func TestBootstrapUser(t *testing.T) {
 		}
 	}
 	// A second instance (a swap) keeps the same password and file.
-	_, url2 := startOn(t, h)
+	_, url2 := startInstance(t, h, nil)
 	if raw2, _ := os.ReadFile(path); string(raw2) != string(raw) {
 		t.Fatalf("password file changed by a swap: %q -> %q", raw, raw2)
 	}
@@ -85,7 +63,7 @@ func TestBootstrapUser(t *testing.T) {
 	}
 	// Configured users replace it: the file goes, the password stops working.
 	h.ConfigYAML = "users:\n  - name: alice\n    password_bcrypt: \"" + hashOf(t, "s3cret") + "\"\n"
-	_, url3 := startOn(t, h)
+	_, url3 := startInstance(t, h, nil)
 	if _, err := os.Stat(path); !os.IsNotExist(err) {
 		t.Fatalf("password file left after users were configured: %v", err)
 	}
@@ -97,7 +75,7 @@ func TestBootstrapUser(t *testing.T) {
 	}
 	// Without users again, a new bootstrap password is made.
 	h.ConfigYAML = ""
-	_, url4 := startOn(t, h)
+	_, url4 := startInstance(t, h, nil)
 	raw4, err := os.ReadFile(path)
 	if err != nil || string(raw4) == string(raw) {
 		t.Fatalf("new bootstrap password: %q %v", raw4, err)

@@ -106,6 +106,15 @@ recipes:
     env: ["KEYSTORE=%s", "KS_PASS=pass123"]
     timeout: 60s
 %s`, hashOf(t, "guessme"), recipePath(t), keystore(t), extra)
+	p, url := startInstance(t, h, mod)
+	return &env{t: t, url: url, p: p, host: h}
+}
+
+// startInstance starts an instance on h, with mod applied to its config
+// before Start, and serves it until the test ends. A second instance on the
+// same host is what the host does for a swap.
+func startInstance(t *testing.T, h *sdktest.Host, mod func(*Config)) (*plugin, string) {
+	t.Helper()
 	p, err := newPlugin(h)
 	if err != nil {
 		t.Fatal(err)
@@ -123,7 +132,7 @@ recipes:
 		defer cancel()
 		p.Stop(ctx)
 	})
-	return &env{t: t, url: srv.URL, p: p, host: h}
+	return p, srv.URL
 }
 
 func (e *env) do(method, path, body string, want int) []byte {
@@ -586,23 +595,7 @@ func TestRetention(t *testing.T) {
 
 // second starts another instance on the same host (store and data dir), as
 // the host does for a swap.
-func (e *env) second() (*plugin, string) {
-	p, err := newPlugin(e.host)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if err := p.Start(context.Background()); err != nil {
-		e.t.Fatal(err)
-	}
-	srv := httptest.NewServer(p)
-	e.t.Cleanup(func() {
-		srv.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		p.Stop(ctx)
-	})
-	return p, srv.URL
-}
+func (e *env) second() (*plugin, string) { return startInstance(e.t, e.host, nil) }
 
 func TestSwapHandsRunningBuildOver(t *testing.T) {
 	e := newEnv(t, "")
