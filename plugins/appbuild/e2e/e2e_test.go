@@ -381,6 +381,27 @@ plugins:
 	if resp.StatusCode != 206 || !bytes.Equal(part, firstData[len(firstData)-10:]) {
 		t.Fatalf("suffix range: %d, %d bytes", resp.StatusCode, len(part))
 	}
+	resp, part = c.raw("GET", firstPath, "", "Range", fmt.Sprintf("bytes=%d-", len(firstData)+10))
+	if resp.StatusCode != 416 {
+		t.Fatalf("unsatisfiable range: %d", resp.StatusCode)
+	}
+	resp, _ = c.raw("HEAD", firstPath, "")
+	if resp.StatusCode != 200 || resp.ContentLength != int64(len(firstData)) || resp.Header.Get("Accept-Ranges") != "bytes" ||
+		resp.Header.Get("Content-Type") != "application/vnd.android.package-archive" ||
+		!strings.HasPrefix(resp.Header.Get("Content-Disposition"), "attachment; filename=") {
+		t.Fatalf("HEAD: %d %d %v", resp.StatusCode, resp.ContentLength, resp.Header)
+	}
+	resp, part = c.raw("GET", firstPath, "", "If-None-Match", resp.Header.Get("ETag"))
+	if resp.StatusCode != 304 || len(part) != 0 {
+		t.Fatalf("If-None-Match with the ETag: %d", resp.StatusCode)
+	}
+	resp, part = c.raw("GET", firstPath, "", "Range", "bytes=0-9", "If-Range", `"stale"`)
+	if resp.StatusCode != 200 || !bytes.Equal(part, firstData) {
+		t.Fatalf("If-Range with a stale ETag must send the whole file: %d, %d bytes", resp.StatusCode, len(part))
+	}
+	if resp, b := c.raw("POST", "/api/apk/channel", "not an APK"); resp.StatusCode != 400 || !bytes.Contains(b, []byte(`"error"`)) {
+		t.Fatalf("reader endpoint on a non-APK: %d %s", resp.StatusCode, b)
+	}
 	c.do("GET", "/download/"+bid+"/nope.apk", "", 404)
 	c.do("GET", "/download/"+bid+"/..%2f..%2fetc%2fpasswd", "", 404)
 	log := string(c.do("GET", "/api/build/"+bid+"/log", "", 200))
