@@ -49,6 +49,7 @@ func newAPI(h sdk.Host) (sdk.API, error) {
 	drv := driver.NewLocal(driver.LocalConfig{
 		Store: h.Store(), Services: h.Services(), Logger: h.Logger(), Go: h.Go,
 		DataDir: h.DataDir(), Limits: cfg.Limits, StopGrace: cfg.StopGrace,
+		LogMaxSize: cfg.LogMaxBytes, LogKeep: cfg.LogKeep,
 	})
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/julienschmidt/httprouter"
 	"github.com/plugd/plugd/plugins/deploy/driver"
+	"github.com/plugd/plugd/plugins/deploy/spec"
 	"github.com/plugd/plugd/sdk"
 )
 
@@ -39,6 +40,13 @@ type Config struct {
 	MaxUpload int64 `yaml:"max_upload"`
 	// OperationTTL is how long finished operations are kept (default 7 days).
 	OperationTTL time.Duration `yaml:"operation_ttl"`
+	// LogMaxSize is the size at which an instance's stdout/stderr log is
+	// rotated ("10M" by default; K, M, G suffixes); LogKeep how many
+	// rotated files are kept (default 3).
+	LogMaxSize string `yaml:"log_max_size"`
+	LogKeep    int    `yaml:"log_keep"`
+	// LogMaxBytes is LogMaxSize parsed by Validate.
+	LogMaxBytes int64 `yaml:"-"`
 }
 
 // User is an API user.
@@ -49,7 +57,8 @@ type User struct {
 
 // DefaultConfig is the configuration before the host's section is applied.
 func DefaultConfig() Config {
-	return Config{Auth: true, Limits: "auto", StopGrace: 5 * time.Second, MaxUpload: 512 << 20, OperationTTL: 7 * 24 * time.Hour}
+	return Config{Auth: true, Limits: "auto", StopGrace: 5 * time.Second, MaxUpload: 512 << 20, OperationTTL: 7 * 24 * time.Hour,
+		LogMaxSize: "10M", LogKeep: 3}
 }
 
 // Validate checks a config.
@@ -82,6 +91,17 @@ func (c *Config) Validate() error {
 	}
 	if c.OperationTTL <= 0 {
 		c.OperationTTL = 7 * 24 * time.Hour
+	}
+	if c.LogMaxSize == "" {
+		c.LogMaxSize = "10M"
+	}
+	n, err := spec.ParseSize(c.LogMaxSize)
+	if err != nil || n < 4096 {
+		return fmt.Errorf("deploy: log_max_size %q: want a size of 4K or more, like 10M", c.LogMaxSize)
+	}
+	c.LogMaxBytes = n
+	if c.LogKeep < 1 || c.LogKeep > 100 {
+		return fmt.Errorf("deploy: log_keep %d: want 1..100", c.LogKeep)
 	}
 	return nil
 }

@@ -42,6 +42,11 @@ type LocalConfig struct {
 	StopGrace time.Duration
 	// MaxBackoff caps the delay between restarts of a crashing instance.
 	MaxBackoff time.Duration
+	// LogMaxSize is the size at which an instance's log is rotated
+	// (default 10 MiB); LogKeep how many rotated files are kept
+	// (<log>.1 … <log>.N, default 3).
+	LogMaxSize int64
+	LogKeep    int
 	// Shell runs the commands (default /bin/sh).
 	Shell string
 	// BaseEnv is the environment every instance starts from (default
@@ -141,6 +146,12 @@ func NewLocal(cfg LocalConfig) *Local {
 	}
 	if cfg.Shell == "" {
 		cfg.Shell = "/bin/sh"
+	}
+	if cfg.LogMaxSize <= 0 {
+		cfg.LogMaxSize = 10 << 20
+	}
+	if cfg.LogKeep <= 0 {
+		cfg.LogKeep = 3
 	}
 	if cfg.BaseEnv == nil {
 		for _, k := range []string{"PATH", "HOME", "LANG", "TZ", "TMPDIR"} {
@@ -439,6 +450,7 @@ func (d *Local) tick(ctx context.Context) error {
 			d.log().Warnf("driver: %s/%s: %v", p.rec.Spec.App, p.rec.Spec.Proc, err)
 		}
 	}
+	d.rotateLogs()
 	return nil
 }
 

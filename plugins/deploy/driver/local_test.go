@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -407,4 +409,119 @@ func sameSet(a, b map[int]bool) bool {
 		}
 	}
 	return true
+}
+
+// Instance logs are rotated by size; a tail and a follow read across the
+// rotation without a gap.
+func TestLogRotation(t *testing.T) {
+	dir := buildWebapp(t)
+	h := sdktest.NewHost(t, "deploy.v1")
+	d := NewLocal(LocalConfig{Store: h.Store(), Services: h.Services(), Logger: h.Logger(), Go: h.Go,
+		DataDir: h.DataDir(), Limits: "auto", Tick: 50 * time.Millisecond, StopGrace: 2 * time.Second,
+		LogMaxSize: 8 << 10, LogKeep: 2})
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	t.Cleanup(func() { _ = d.Remove(ctx, "hello", "web") })
+	if err := d.Apply(ctx, webSpec(dir, "v1", 1, nil), nil); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := d.Status("hello", "web")
+	addr, log := st.Instances[0].Address, filepath.Join(h.DataDir(), "logs", "hello", "web-1.log")
+	say := func(from, n int) {
+		t.Helper()
+		resp, err := http.Get("http://" + addr + "/say?tag=line&from=" + strconv.Itoa(from) + "&n=" + strconv.Itoa(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	size := func(p string) int64 {
+		st, err := os.Stat(p)
+		if err != nil {
+			return -1
+		}
+		return st.Size()
+	}
+	// follow from now on, in the background
+	fctx, stop := context.WithCancel(ctx)
+	var fol lockedBuffer
+	fdone := make(chan error, 1)
+	go func() {
+		fdone <- d.Logs(fctx, "hello", "web", LogOptions{Instance: "web-1", Tail: 0, Follow: true}, &fol)
+	}()
+	time.Sleep(300 * time.Millisecond)
+
+	// 12 bytes a line: 1000 lines are 12 KB > 8 KB, so every batch is
+	// rotated; the next batch waits for the follower to have read it
+	for b := 0; b < 5; b++ {
+		say(b*1000, 1000) // synchronous: the log has the lines when it returns
+		if n := size(log); n < 12000 {
+			t.Fatalf("log has %d bytes after 1000 lines", n)
+		}
+		waitFor(t, "rotation", 5*time.Second, func() bool { return size(log) < 8<<10 })
+		last := fmt.Sprintf("line %06d\n", b*1000+999)
+		waitFor(t, "the follower to read "+last, 5*time.Second, func() bool { return strings.Contains(fol.String(), last) })
+	}
+	say(5000, 10) // the current file has 10 lines
+	if size(log+".3") != -1 || size(log+".2") <= 0 {
+		t.Fatalf("log_keep 2: sizes %d %d %d", size(log+".1"), size(log+".2"), size(log+".3"))
+	}
+	if n := size(log); n > 8<<10 {
+		t.Fatalf("current log %d bytes > 8K", n)
+	}
+	// tail 300 spans the current file and the rotated ones, in order
+	var buf strings.Builder
+	if err := d.Logs(ctx, "hello", "web", LogOptions{Instance: "web-1", Tail: 300}, &buf); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 300 {
+		t.Fatalf("tail 300 gave %d lines", len(lines))
+	}
+	for i, l := range lines {
+		if want := fmt.Sprintf("line %06d", 5010-300+i); l != want {
+			t.Fatalf("tail line %d: %q, want %q", i, l, want)
+		}
+	}
+	// the follower saw every line once, in order, across the rotations
+	waitFor(t, "the follower to read the last line", 5*time.Second, func() bool { return strings.Contains(fol.String(), "line 005009\n") })
+	stop()
+	if err := <-fdone; err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Split(strings.TrimSpace(fol.String()), "\n")
+	var seen []string
+	for _, l := range got {
+		if strings.HasPrefix(l, "line ") {
+			seen = append(seen, l)
+		}
+	}
+	if len(seen) != 5010 {
+		t.Fatalf("follow saw %d lines, want 5010 (first %q, last %q)", len(seen), seen[0], seen[len(seen)-1])
+	}
+	for i, l := range seen {
+		if want := fmt.Sprintf("line %06d", i); l != want {
+			t.Fatalf("follow line %d: %q, want %q", i, l, want)
+		}
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

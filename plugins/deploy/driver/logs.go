@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
+	"syscall"
 	"time"
 )
 
@@ -87,8 +89,9 @@ func (d *Local) Logs(ctx context.Context, app, name string, opt LogOptions, w io
 		return "[" + id + "] "
 	}
 	offsets := map[string]int64{}
+	rotIno := map[string]uint64{} // inode of <log>.1 when last read
 	for _, f := range files {
-		lines, _ := tailLines(f.path, opt.Tail)
+		lines, _ := tailRotated(f.path, opt.Tail, d.cfg.LogKeep)
 		for _, l := range lines {
 			if _, err := fmt.Fprintf(w, "%s%s\n", prefix(f.id), l); err != nil {
 				return err
@@ -97,6 +100,7 @@ func (d *Local) Logs(ctx context.Context, app, name string, opt LogOptions, w io
 		if st, err := os.Stat(f.path); err == nil {
 			offsets[f.path] = st.Size()
 		}
+		rotIno[f.path] = inode(rotated(f.path, 1))
 	}
 	flush(w)
 	if !opt.Follow {
@@ -119,11 +123,27 @@ func (d *Local) Logs(ctx context.Context, app, name string, opt LogOptions, w io
 			if !seen {
 				off = 0 // a new instance: from its start
 			}
-			b, n := readFrom(f.path, off)
-			if n < off {
-				off = 0 // truncated
+			var b []byte
+			if ino := inode(rotated(f.path, 1)); seen && ino != rotIno[f.path] {
+				// rotated since the last poll: what was not read yet is at
+				// the end of the file that was current then, now <log>.r,
+				// then in <log>.r-1 … <log>.1
+				r := rotations(f.path, rotIno[f.path], d.cfg.LogKeep)
+				b, _ = readFrom(rotated(f.path, r), off)
+				for i := r - 1; i >= 1; i-- {
+					more, _ := readFrom(rotated(f.path, i), 0)
+					b = append(b, more...)
+				}
+				off = 0
+				rotIno[f.path] = ino
+			} else if !seen {
+				rotIno[f.path] = ino
+			} else if st, err := os.Stat(f.path); err == nil && st.Size() < off {
+				off = 0 // truncated by someone else
 			}
-			offsets[f.path] = off + int64(len(b))
+			nb, _ := readFrom(f.path, off)
+			offsets[f.path] = off + int64(len(nb))
+			b = append(b, nb...)
 			if len(b) == 0 {
 				continue
 			}
@@ -145,6 +165,33 @@ func (d *Local) Logs(ctx context.Context, app, name string, opt LogOptions, w io
 			flush(w)
 		}
 	}
+}
+
+// inode is the inode number of path, 0 if there is no such file.
+func inode(path string) uint64 {
+	var st syscall.Stat_t
+	if syscall.Stat(path, &st) != nil {
+		return 0
+	}
+	return st.Ino
+}
+
+// rotations tells how many times path was rotated since <log>.1 had inode
+// was (0: there was no <log>.1 then): that file is now <log>.r+1.
+func rotations(path string, was uint64, keep int) int {
+	if was == 0 {
+		r := 0
+		for i := 1; i <= keep && inode(rotated(path, i)) != 0; i++ {
+			r = i
+		}
+		return max(r, 1)
+	}
+	for i := 2; i <= keep; i++ {
+		if inode(rotated(path, i)) == was {
+			return i - 1
+		}
+	}
+	return keep // rotated more than we keep: the oldest is all there is
 }
 
 // readFrom reads a file from off (at most 1 MiB) and returns the file size.
@@ -171,4 +218,101 @@ func flush(w io.Writer) {
 	if f, ok := w.(http.Flusher); ok {
 		f.Flush()
 	}
+}
+
+// rotateLogs rotates every instance log above LogMaxSize. The instances
+// write to their log through a descriptor they inherited (so that they do
+// not depend on the plugin instance that started them), which cannot be
+// pointed at a new file: the log is copied to <log>.1 (older ones shift
+// to .2 … .LogKeep) and then truncated, and the writer, in append mode,
+// goes on at the start of the emptied file. Output written between the
+// last copy and the truncation (microseconds) is lost.
+func (d *Local) rotateLogs() {
+	d.mu.Lock()
+	var paths []string
+	for _, p := range d.procs {
+		for _, in := range p.insts {
+			paths = append(paths, in.rec.Log)
+		}
+	}
+	d.mu.Unlock()
+	for _, path := range paths {
+		if st, err := os.Stat(path); err == nil && st.Size() > d.cfg.LogMaxSize {
+			if err := rotate(path, d.cfg.LogKeep); err != nil {
+				d.log().Warnf("driver: rotate %s: %v", path, err)
+			}
+		}
+	}
+}
+
+func rotated(path string, i int) string {
+	if i == 0 {
+		return path
+	}
+	return path + "." + strconv.Itoa(i)
+}
+
+func rotate(path string, keep int) error {
+	for i := keep - 1; i >= 1; i-- {
+		if err := os.Rename(rotated(path, i), rotated(path, i+1)); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	}
+	src, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(rotated(path, 1), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	// copy until caught up with the writer (bounded), then truncate
+	var off int64
+	for i := 0; i < 8; i++ {
+		n, err := io.Copy(dst, io.NewSectionReader(src, off, 1<<62))
+		if err != nil {
+			dst.Close()
+			return err
+		}
+		off += n
+		if n == 0 {
+			break
+		}
+	}
+	if err := src.Truncate(0); err != nil {
+		dst.Close()
+		return err
+	}
+	return dst.Close()
+}
+
+// tailRotated is tailLines over a log and its rotated files, newest last.
+func tailRotated(path string, n, keep int) ([]string, error) {
+	var out []string
+	var first error
+	for i := 0; i <= keep; i++ {
+		need := n
+		if n >= 0 {
+			need = n - len(out)
+			if need <= 0 {
+				break
+			}
+		}
+		lines, err := tailLines(rotated(path, i), need)
+		if err != nil {
+			if i == 0 {
+				first = err
+			}
+			if os.IsNotExist(err) && i > 0 {
+				break
+			}
+			continue
+		}
+		out = append(lines, out...)
+	}
+	if out == nil && first != nil {
+		return nil, first
+	}
+	return out, nil
 }

@@ -291,6 +291,8 @@ func TestDeploy(t *testing.T) {
       - {name: root, token: %s}
     admins: [root]
     stop_grace: 2s
+    log_max_size: 64K
+    log_keep: 2
   gateway:
     listen: 127.0.0.1:%d
 `, alice, bob, root, gwPort)})
@@ -537,6 +539,39 @@ func TestDeploy(t *testing.T) {
 	time.Sleep(time.Second)
 	web = e.proc("hello", "web")
 	v1pids := pidsOf(web)
+	// logs are rotated by size (log_max_size 64K) and a tail reads across
+	// the rotation
+	logFile := filepath.Join(h.DataDir, "plugins", "deploy", "logs", "hello", web.Instances[0].ID+".log")
+	say := func(from, n int) {
+		resp, err := http.Get(fmt.Sprintf("http://%s/say?tag=line&from=%d&n=%d", web.Instances[0].Address, from, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	say(0, 8000) // 96 KB
+	deadline = time.Now().Add(10 * time.Second)
+	for st, err := os.Stat(logFile); err != nil || st.Size() > 64<<10; st, err = os.Stat(logFile) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not rotated: %v", logFile, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st, err := os.Stat(logFile + ".1"); err != nil || st.Size() < 96000 {
+		t.Fatalf("rotated log: %v", err)
+	}
+	say(8000, 100)
+	_, logs = e.do("GET", "/api/v1/apps/hello/procs/web/logs?tail=200&instance="+web.Instances[0].ID, alice, nil)
+	tailed := strings.Split(strings.TrimSpace(string(logs)), "\n")
+	if len(tailed) != 200 || tailed[0] != "line 007900" || tailed[199] != "line 008099" {
+		t.Fatalf("tail across the rotation: %d lines, %q … %q", len(tailed), tailed[0], tailed[len(tailed)-1])
+	}
+	for i, l := range tailed {
+		if want := fmt.Sprintf("line %06d", 7900+i); l != want {
+			t.Fatalf("tail line %d: %q, want %q", i, l, want)
+		}
+	}
+
 	bad := strings.Replace(helloSpec, "- GREETING=hi", "- GREETING=hi\n    - FAIL_HEALTH=1", 1)
 	bad = strings.Replace(bad, "start: 10s", "start: 2s", 1)
 	e.version("hello", mv(2), bad)

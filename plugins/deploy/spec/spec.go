@@ -369,13 +369,26 @@ func CheckCPU(c float64) error {
 // "0" means unlimited.
 func ParseMemory(s string) (int64, error) {
 	t := strings.TrimSpace(s)
-	if t == "" {
-		return 0, fmt.Errorf("memory: empty")
-	}
 	if t == "0" {
 		return 0, nil
 	}
-	u := strings.ToUpper(t)
+	n, err := ParseSize(s)
+	if err != nil {
+		return 0, fmt.Errorf("memory %q: want a size like 64M", s)
+	}
+	if n < MinMemory || n > MaxMemory {
+		return 0, fmt.Errorf("memory %q out of 4M..1T", s)
+	}
+	return n, nil
+}
+
+// ParseSize reads a positive size: a byte count or a number with a K, M,
+// G or T suffix (powers of 1024, optional trailing B or i).
+func ParseSize(s string) (int64, error) {
+	u := strings.ToUpper(strings.TrimSpace(s))
+	if u == "" {
+		return 0, fmt.Errorf("size: empty")
+	}
 	u = strings.TrimSuffix(strings.TrimSuffix(u, "B"), "I")
 	mult := int64(1)
 	if n := len(u); n > 0 {
@@ -394,14 +407,10 @@ func ParseMemory(s string) (int64, error) {
 		}
 	}
 	f, err := strconv.ParseFloat(u, 64)
-	if err != nil || f <= 0 || math.IsInf(f, 0) {
-		return 0, fmt.Errorf("memory %q: want a size like 64M", s)
+	if err != nil || f <= 0 || math.IsInf(f, 0) || f*float64(mult) > 1<<50 {
+		return 0, fmt.Errorf("size %q: want a size like 64M", s)
 	}
-	v := f * float64(mult)
-	if v < MinMemory || v > MaxMemory {
-		return 0, fmt.Errorf("memory %q out of 4M..1T", s)
-	}
-	return int64(v), nil
+	return int64(f * float64(mult)), nil
 }
 
 // FormatMemory writes bytes the way ParseMemory reads them.

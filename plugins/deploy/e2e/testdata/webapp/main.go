@@ -4,6 +4,7 @@
 //	GET /healthz  200, or 500 when FAIL_HEALTH=1
 //	GET /crash    exits with status 3
 //	GET /alloc?mb=N  allocates and keeps N MiB
+//	GET /say?tag=T&from=A&n=N  prints the lines "T A" … "T A+N-1" (A padded to 6 digits)
 //
 // With WORKER=1 it serves nothing and just runs; with SPIN=1 as well it
 // keeps a CPU busy.
@@ -44,6 +45,15 @@ func main() {
 	mux.HandleFunc("/crash", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Println("crashing on request")
 		os.Exit(3)
+	})
+	mux.HandleFunc("/say", func(w http.ResponseWriter, r *http.Request) {
+		from, _ := strconv.Atoi(r.URL.Query().Get("from"))
+		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
+		tag := r.URL.Query().Get("tag")
+		for i := from; i < from+n; i++ {
+			fmt.Printf("%s %06d\n", tag, i)
+		}
+		fmt.Fprintln(w, "said", n)
 	})
 	mux.HandleFunc("/alloc", func(w http.ResponseWriter, r *http.Request) {
 		mb, _ := strconv.Atoi(r.URL.Query().Get("mb"))
