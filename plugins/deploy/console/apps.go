@@ -69,7 +69,16 @@ func (c *Console) currentSpec(ctx context.Context, a *App) (*spec.App, *Version,
 	if mv == "" {
 		return nil, nil, sdk.Errorf(http.StatusConflict, "app %q has no version yet", a.AppName)
 	}
-	v, err := c.version(ctx, a.AppName, mv)
+	v, sp, err := c.versionSpec(ctx, a.AppName, mv)
+	if err != nil {
+		return nil, nil, err
+	}
+	return sp, v, nil
+}
+
+// versionSpec is a registered version of app with its parsed spec.
+func (c *Console) versionSpec(ctx context.Context, app, mv string) (*Version, *spec.App, error) {
+	v, err := c.version(ctx, app, mv)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -77,7 +86,47 @@ func (c *Console) currentSpec(ctx context.Context, a *App) (*spec.App, *Version,
 	if err != nil {
 		return nil, nil, err
 	}
-	return sp, v, nil
+	return v, sp, nil
+}
+
+// changeableApp is the deployed app named in the path, if the caller may
+// change it.
+func (c *Console) changeableApp(r *http.Request, ps httprouter.Params, u *caller) (*App, error) {
+	a, err := c.app(r.Context(), ps.ByName("app"))
+	if err != nil {
+		return nil, err
+	}
+	if err := c.mayChange(r.Context(), u, a.AppName); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// changeableProc is the proc named in the path, if the caller may change
+// its app.
+func (c *Console) changeableProc(r *http.Request, ps httprouter.Params, u *caller) (*App, *procView, error) {
+	a, p, err := c.findProc(r, ps)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := c.mayChange(r.Context(), u, a.AppName); err != nil {
+		return nil, nil, err
+	}
+	return a, p, nil
+}
+
+// ensureResources deploys the resource instances an app's spec uses and
+// returns their names.
+func (c *Console) ensureResources(ctx context.Context, o *opRun, sp *spec.App, app, user string) ([]string, error) {
+	var res []string
+	for _, rname := range sortedKeys(sp.UseResources) {
+		inst, err := c.ensureResourceInstance(ctx, o, rname, app, user)
+		if err != nil {
+			return nil, fmt.Errorf("resource %s: %w", rname, err)
+		}
+		res = append(res, inst)
+	}
+	return res, nil
 }
 
 // procSpec is the driver spec of one proc: the version's values with the
@@ -256,11 +305,7 @@ func (c *Console) doDeploy(ctx context.Context, o *opRun, name, mv, user string)
 	if err != nil {
 		return err
 	}
-	ver, err := c.version(ctx, name, mv)
-	if err != nil {
-		return err
-	}
-	sp, err := spec.Parse([]byte(ver.Spec))
+	ver, sp, err := c.versionSpec(ctx, name, mv)
 	if err != nil {
 		return err
 	}
@@ -271,15 +316,9 @@ func (c *Console) doDeploy(ctx context.Context, o *opRun, name, mv, user string)
 		return c.saveApp(ctx, a)
 	}
 	// resources first: the app may need them at start
-	var res []string
-	for _, rname := range sortedKeys(sp.UseResources) {
-		inst, err := c.ensureResourceInstance(ctx, o, rname, name, user)
-		if err != nil {
-			return fmt.Errorf("resource %s: %w", rname, err)
-		}
-		res = append(res, inst)
+	if a.Resources, err = c.ensureResources(ctx, o, sp, name, user); err != nil {
+		return err
 	}
-	a.Resources = res
 	var done []string
 	for _, pn := range sp.Names() {
 		if pc := a.Procs[pn]; pc == nil || !pc.Deployed {
@@ -386,11 +425,8 @@ func (c *Console) ensureResourceInstance(ctx context.Context, o *opRun, resource
 
 func (c *Console) updateApp(w http.ResponseWriter, r *http.Request, ps httprouter.Params, u *caller) error {
 	ctx := r.Context()
-	a, err := c.app(ctx, ps.ByName("app"))
+	a, err := c.changeableApp(r, ps, u)
 	if err != nil {
-		return err
-	}
-	if err := c.mayChange(ctx, u, a.AppName); err != nil {
 		return err
 	}
 	var req struct {
@@ -422,19 +458,11 @@ func (c *Console) doUpdate(ctx context.Context, o *opRun, name, mv, user string)
 		o.msg("app has no running version: deploying %s", mv)
 		return c.doDeploy(ctx, o, name, mv, user)
 	}
-	oldVer, err := c.version(ctx, name, a.MetaVersion)
+	oldVer, oldSp, err := c.versionSpec(ctx, name, a.MetaVersion)
 	if err != nil {
 		return err
 	}
-	oldSp, err := spec.Parse([]byte(oldVer.Spec))
-	if err != nil {
-		return err
-	}
-	ver, err := c.version(ctx, name, mv)
-	if err != nil {
-		return err
-	}
-	sp, err := spec.Parse([]byte(ver.Spec))
+	ver, sp, err := c.versionSpec(ctx, name, mv)
 	if err != nil {
 		return err
 	}
@@ -443,11 +471,11 @@ func (c *Console) doUpdate(ctx context.Context, o *opRun, name, mv, user string)
 		o.msg("resource %s now at %s; existing instances keep their version", name, mv)
 		return c.saveApp(ctx, a)
 	}
-	for _, rname := range sortedKeys(sp.UseResources) {
-		inst, err := c.ensureResourceInstance(ctx, o, rname, name, user)
-		if err != nil {
-			return fmt.Errorf("resource %s: %w", rname, err)
-		}
+	res, err := c.ensureResources(ctx, o, sp, name, user)
+	if err != nil {
+		return err
+	}
+	for _, inst := range res {
 		if !contains(a.Resources, inst) {
 			a.Resources = append(a.Resources, inst)
 		}
@@ -517,12 +545,8 @@ func contains(list []string, s string) bool {
 }
 
 func (c *Console) undeployApp(w http.ResponseWriter, r *http.Request, ps httprouter.Params, u *caller) error {
-	ctx := r.Context()
-	a, err := c.app(ctx, ps.ByName("app"))
+	a, err := c.changeableApp(r, ps, u)
 	if err != nil {
-		return err
-	}
-	if err := c.mayChange(ctx, u, a.AppName); err != nil {
 		return err
 	}
 	if a.AppType == spec.TypeResource {
@@ -597,11 +621,8 @@ func (c *Console) getProc(w http.ResponseWriter, r *http.Request, ps httprouter.
 
 func (c *Console) deployProc(w http.ResponseWriter, r *http.Request, ps httprouter.Params, u *caller) error {
 	ctx := r.Context()
-	a, err := c.app(ctx, ps.ByName("app"))
+	a, err := c.changeableApp(r, ps, u)
 	if err != nil {
-		return err
-	}
-	if err := c.mayChange(ctx, u, a.AppName); err != nil {
 		return err
 	}
 	var req struct {
@@ -642,23 +663,12 @@ func (c *Console) deployProc(w http.ResponseWriter, r *http.Request, ps httprout
 	}
 	pn := req.ProcName
 	return c.submit(w, a.AppName, "deploy-proc", u.name, map[string]any{"procname": pn}, func(ctx context.Context, o *opRun) error {
-		a, err := c.app(ctx, ps.ByName("app"))
+		err := c.applyProc(ctx, o, a.AppName, pn)
 		if err != nil {
-			return err
-		}
-		sp, ver, err := c.currentSpec(ctx, a)
-		if err != nil {
-			return err
-		}
-		o.proc(pn, OpRunning, nil)
-		if err := c.drv.Apply(ctx, procSpec(a, ver, sp.Procs[pn]), o.progress(pn)); err != nil {
-			o.proc(pn, OpFailed, err)
 			_ = c.drv.Remove(context.Background(), a.AppName, pn)
 			_ = c.setProc(a.AppName, pn, func(pc *ProcConf) { pc.Deployed = false })
-			return fmt.Errorf("proc %s: %w", pn, err)
 		}
-		o.proc(pn, OpSucceeded, nil)
-		return nil
+		return err
 	})
 }
 
@@ -681,12 +691,8 @@ func (c *Console) setProc(app, pn string, f func(*ProcConf)) error {
 }
 
 func (c *Console) patchProc(w http.ResponseWriter, r *http.Request, ps httprouter.Params, u *caller) error {
-	ctx := r.Context()
-	a, p, err := c.findProc(r, ps)
+	a, p, err := c.changeableProc(r, ps, u)
 	if err != nil {
-		return err
-	}
-	if err := c.mayChange(ctx, u, a.AppName); err != nil {
 		return err
 	}
 	var req struct {
@@ -796,12 +802,8 @@ func (c *Console) applyProc(ctx context.Context, o *opRun, app, pn string) error
 }
 
 func (c *Console) deleteProc(w http.ResponseWriter, r *http.Request, ps httprouter.Params, u *caller) error {
-	ctx := r.Context()
-	a, p, err := c.findProc(r, ps)
+	a, p, err := c.changeableProc(r, ps, u)
 	if err != nil {
-		return err
-	}
-	if err := c.mayChange(ctx, u, a.AppName); err != nil {
 		return err
 	}
 	if !p.Deployed {

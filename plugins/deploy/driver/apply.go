@@ -210,27 +210,22 @@ func (d *Local) scaleToHash(ctx context.Context, p *proc, s Spec, progress func(
 }
 
 func (d *Local) stopAll(ctx context.Context, p *proc, list []*inst) error {
-	var wg sync.WaitGroup
-	errs := make([]error, len(list))
-	for i, in := range list {
-		wg.Add(1)
-		d.safeGo(func() {
-			defer wg.Done()
-			errs[i] = d.stopInst(ctx, p, in)
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return parallel(d, list, func(in *inst) error { return d.stopInst(ctx, p, in) })
 }
 
 func (d *Local) waitAll(ctx context.Context, list []*inst, fresh bool) error {
+	return parallel(d, list, func(in *inst) error { return d.waitHealthy(ctx, in, fresh) })
+}
+
+// parallel runs fn on every item at once and joins the errors.
+func parallel[T any](d *Local, list []T, fn func(T) error) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(list))
-	for i, in := range list {
+	for i, x := range list {
 		wg.Add(1)
 		d.safeGo(func() {
 			defer wg.Done()
-			errs[i] = d.waitHealthy(ctx, in, fresh)
+			errs[i] = fn(x)
 		})
 	}
 	wg.Wait()

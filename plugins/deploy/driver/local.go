@@ -368,17 +368,7 @@ func (d *Local) stopEverything(ctx context.Context) error {
 	}
 	d.mu.Unlock()
 	d.log().Infof("driver: unloaded: stopping %d instances (the desired state stays in the store)", len(all))
-	errs := make([]error, len(all))
-	var wg sync.WaitGroup
-	for i, t := range all {
-		wg.Add(1)
-		d.safeGo(func() {
-			defer wg.Done()
-			errs[i] = d.stopInst(ctx, t.p, t.in)
-		})
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return parallel(d, all, func(t target) error { return d.stopInst(ctx, t.p, t.in) })
 }
 
 // grace is the time an instance gets between SIGTERM and SIGKILL: the
