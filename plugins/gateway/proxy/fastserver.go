@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -205,20 +206,44 @@ func (s *Server) serveConn(fc *fconn) {
 	if hdrTO <= 0 {
 		hdrTO = 10 * time.Second
 	}
+	// dlAt is when the idle read deadline was last set (zero: another
+	// deadline is in place). Setting a deadline costs a runtime timer
+	// update, so on a busy keep-alive connection it is refreshed at most
+	// once a second: the connection then idles between idle-1s and idle.
+	var dlAt time.Time
 	for {
 		// wait for the next request as an idle connection
 		fc.idle.Store(true)
 		if s.shutting.Load() {
 			return
 		}
-		c.SetReadDeadline(time.Now().Add(idle))
+		if br.Buffered() == 0 {
+			if now := time.Now(); dlAt.IsZero() || now.Sub(dlAt) > time.Second {
+				c.SetReadDeadline(now.Add(idle))
+				dlAt = now
+			}
+		}
 		lr.n = maxHeaderBytes
 		if _, err := br.Peek(1); err != nil {
 			return
 		}
 		fc.idle.Store(false)
-		c.SetReadDeadline(time.Now().Add(hdrTO))
-		req, err := http.ReadRequest(br)
+		var req *http.Request
+		if b, _ := br.Peek(br.Buffered()); !bytes.Contains(b, crlf2) {
+			// the head is still arriving: it gets ReadHeaderTimeout
+			c.SetReadDeadline(time.Now().Add(hdrTO))
+			dlAt = time.Time{}
+		}
+		head, ok, err := peekHead(br)
+		if err == nil && ok {
+			if req = parseFast(head, br); req != nil {
+				br.Discard(len(head))
+			}
+		}
+		fast := req != nil
+		if !fast {
+			req, err = http.ReadRequest(br)
+		}
 		lr.n = math.MaxInt64
 		if err != nil {
 			if err != io.EOF {
@@ -227,7 +252,11 @@ func (s *Server) serveConn(fc *fconn) {
 			}
 			return
 		}
-		c.SetReadDeadline(time.Time{})
+		if !fast || req.Body != http.NoBody {
+			// a body is read (or a hijacked stream runs) without deadline
+			c.SetReadDeadline(time.Time{})
+			dlAt = time.Time{}
+		}
 		// The request keeps ReadRequest's background context: without a
 		// reader watching the connection during the handler, nothing could
 		// cancel it early, and a per-request context costs allocations.
@@ -335,11 +364,7 @@ func (w *fastWriter) WriteHeader(code int) {
 	if req.Close {
 		w.closeAfter = true
 	}
-	bw.WriteString("HTTP/1.1 ")
-	bw.WriteString(strconv.Itoa(code))
-	bw.WriteByte(' ')
-	bw.WriteString(http.StatusText(code))
-	bw.WriteString("\r\n")
+	bw.WriteString(statusLine(code))
 	for k, vv := range w.h {
 		if len(k) > len(http.TrailerPrefix) && k[:len(http.TrailerPrefix)] == http.TrailerPrefix {
 			continue
@@ -462,3 +487,70 @@ func (w *fastWriter) finish() error {
 }
 
 var zeroLen = []string{"0"}
+
+// statusLines caches "HTTP/1.1 <code> <text>\r\n" per code.
+var statusLines [1000]atomic.Pointer[string]
+
+func statusLine(code int) string {
+	if p := statusLines[code].Load(); p != nil {
+		return *p
+	}
+	l := "HTTP/1.1 " + strconv.Itoa(code) + " " + http.StatusText(code) + "\r\n"
+	statusLines[code].Store(&l)
+	return l
+}
+
+// relayRaw answers with an upstream response parsed in place (rr, from
+// parseRespFast on ubr): the head as WriteHeader would write it, then
+// rr.cl body bytes copied from ubr. It reports whether the upstream
+// response was consumed to its end (the connection can be reused).
+func (w *fastWriter) relayRaw(rr *rawResp, ubr *bufio.Reader) (clean bool) {
+	code := rr.status
+	req := w.req
+	w.wrote, w.status = true, code
+	w.noBody = req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified
+	w.cl = rr.cl
+	if w.noBody {
+		w.cl = -1
+	}
+	if req.Close {
+		w.closeAfter = true
+	}
+	bw := w.bw
+	bw.WriteString(statusLine(code))
+	for _, kv := range rr.lines[:rr.n] {
+		bw.Write(kv[0])
+		bw.WriteString(": ")
+		bw.Write(kv[1])
+		bw.WriteString("\r\n")
+	}
+	if !rr.date {
+		bw.WriteString("Date: ")
+		bw.WriteString(httpDate())
+		bw.WriteString("\r\n")
+	}
+	if w.closeAfter {
+		bw.WriteString("Connection: close\r\n")
+	} else if !req.ProtoAtLeast(1, 1) {
+		bw.WriteString("Connection: keep-alive\r\n")
+	}
+	bw.WriteString("\r\n")
+	ubr.Discard(rr.head)
+	n := rr.cl
+	for n > 0 {
+		if ubr.Buffered() == 0 {
+			if _, err := ubr.Peek(1); err != nil {
+				return false
+			}
+		}
+		b, _ := ubr.Peek(int(min(int64(ubr.Buffered()), n)))
+		if _, err := bw.Write(b); err != nil {
+			w.err = err
+			return false
+		}
+		ubr.Discard(len(b))
+		n -= int64(len(b))
+		w.n += int64(len(b))
+	}
+	return true
+}

@@ -31,6 +31,8 @@ type h1Conn struct {
 	c  net.Conn
 	br *bufio.Reader
 	bw *bufio.Writer
+	rr rawResp    // the head of the current exchange, when relayed raw
+	ex h1Exchange // the current exchange (a connection serves one at a time)
 }
 
 func newH1Pool(addr string, dialTimeout time.Duration, maxIdle int) *h1Pool {
@@ -94,24 +96,41 @@ func safeHeaderValue(v string) bool {
 	return strings.IndexByte(v, '\r') < 0 && strings.IndexByte(v, '\n') < 0
 }
 
-// writeRequest writes out (URL already pointing at the upstream) in HTTP/1.1.
-func writeRequest(bw *bufio.Writer, out *http.Request) error {
-	bw.WriteString(out.Method)
+// outReq is a request as sent upstream on an h1Pool connection.
+type outReq struct {
+	method, path, rawQuery string // path already escaped
+	host                   string // the client's Host (also X-Forwarded-Host)
+	addr                   string // the upstream's address: Host when host is empty
+	header                 http.Header
+	xff, xproto            string // X-Forwarded-For and -Proto (X-Forwarded-Host is host)
+	body                   io.Reader
+	cl                     int64 // body length, -1 unknown (chunked)
+	ctx                    context.Context
+}
+
+// the X-Forwarded headers come from outReq, not from the header map
+func forwardedKey(k string) bool {
+	return len(k) > 12 && k[:12] == "X-Forwarded-" && (k == "X-Forwarded-For" || k == "X-Forwarded-Proto" || k == "X-Forwarded-Host")
+}
+
+// writeRequest writes o in HTTP/1.1.
+func writeRequest(bw *bufio.Writer, o *outReq) error {
+	bw.WriteString(o.method)
 	bw.WriteByte(' ')
-	bw.WriteString(out.URL.EscapedPath())
-	if out.URL.RawQuery != "" {
+	bw.WriteString(o.path)
+	if o.rawQuery != "" {
 		bw.WriteByte('?')
-		bw.WriteString(out.URL.RawQuery)
+		bw.WriteString(o.rawQuery)
 	}
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
-	host := out.Host
-	if host == "" {
-		host = out.URL.Host
+	if o.host != "" {
+		bw.WriteString(o.host)
+	} else {
+		bw.WriteString(o.addr)
 	}
-	bw.WriteString(host)
 	bw.WriteString("\r\n")
-	for k, vv := range out.Header {
-		if k == "Host" || k == "Content-Length" {
+	for k, vv := range o.header {
+		if k == "Host" || k == "Content-Length" || forwardedKey(k) {
 			continue
 		}
 		for _, v := range vv {
@@ -127,27 +146,40 @@ func writeRequest(bw *bufio.Writer, out *http.Request) error {
 			bw.WriteString("\r\n")
 		}
 	}
+	if !safeHeaderValue(o.xff) || !safeHeaderValue(o.host) {
+		return errors.New("forwarded header holds a line break")
+	}
+	bw.WriteString("X-Forwarded-For: ")
+	bw.WriteString(o.xff)
+	bw.WriteString("\r\nX-Forwarded-Proto: ")
+	bw.WriteString(o.xproto)
+	bw.WriteString("\r\n")
+	if o.host != "" {
+		bw.WriteString("X-Forwarded-Host: ")
+		bw.WriteString(o.host)
+		bw.WriteString("\r\n")
+	}
 	chunked := false
 	switch {
-	case out.Body == nil:
-		if out.Method == http.MethodPost || out.Method == http.MethodPut || out.Method == http.MethodPatch {
+	case o.body == nil:
+		if o.method == http.MethodPost || o.method == http.MethodPut || o.method == http.MethodPatch {
 			bw.WriteString("Content-Length: 0\r\n")
 		}
-	case out.ContentLength >= 0:
+	case o.cl >= 0:
 		bw.WriteString("Content-Length: ")
-		bw.WriteString(strconv.FormatInt(out.ContentLength, 10))
+		bw.WriteString(strconv.FormatInt(o.cl, 10))
 		bw.WriteString("\r\n")
 	default:
 		chunked = true
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 	}
 	bw.WriteString("\r\n")
-	if out.Body != nil {
+	if o.body != nil {
 		if chunked {
-			if err := writeChunked(bw, out.Body); err != nil {
+			if err := writeChunked(bw, o.body); err != nil {
 				return err
 			}
-		} else if _, err := io.CopyN(bw, out.Body, out.ContentLength); err != nil {
+		} else if _, err := io.CopyN(bw, o.body, o.cl); err != nil {
 			return err
 		}
 	}
@@ -181,12 +213,15 @@ type h1Exchange struct {
 	pool *h1Pool
 	conn *h1Conn
 	stop func() bool
+	raw  *rawResp // set when the head was parsed in place (resp is nil)
 }
 
 // roundTrip sends out on a pooled connection and reads the response head.
 // The caller must finish the exchange with done once the body is consumed.
-func (p *h1Pool) roundTrip(out *http.Request, fresh bool) (*http.Response, *h1Exchange, error) {
-	ctx := out.Context()
+// With raw, a common response head is parsed in place (ex.raw, nil
+// response) for relayRaw instead of by http.ReadResponse.
+func (p *h1Pool) roundTrip(o *outReq, fresh, raw bool) (*http.Response, *h1Exchange, error) {
+	ctx := o.ctx
 	var c *h1Conn
 	var reused bool
 	var err error
@@ -203,14 +238,30 @@ func (p *h1Pool) roundTrip(out *http.Request, fresh bool) (*http.Response, *h1Ex
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, func() { conn.SetDeadline(aLongTimeAgo) })
 	}
-	ex := &h1Exchange{pool: p, conn: c, stop: stop}
-	if err := writeRequest(c.bw, out); err != nil {
+	ex := &c.ex
+	*ex = h1Exchange{pool: p, conn: c, stop: stop}
+	if err := writeRequest(c.bw, o); err != nil {
 		ex.done(false)
 		if reused && ctx.Err() == nil {
 			return nil, nil, errStale
 		}
 		return nil, nil, err
 	}
+	if raw {
+		head, ok, err := peekHead(c.br)
+		if err == nil && ok && parseRespFast(head, o.method, &c.rr) {
+			ex.raw = &c.rr
+			return nil, ex, nil
+		}
+		if err != nil && c.br.Buffered() == 0 {
+			ex.done(false)
+			if reused && ctx.Err() == nil && (err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)) {
+				return nil, nil, errStale
+			}
+			return nil, nil, err
+		}
+	}
+	out := &http.Request{Method: o.method}
 	for {
 		resp, err := http.ReadResponse(c.br, out)
 		if err != nil {
@@ -241,10 +292,11 @@ func (ex *h1Exchange) done(reusable bool) {
 	if !ex.stop() {
 		reusable = false // the request's context ended: the deadline is poisoned
 	}
+	c := ex.conn
+	ex.conn, ex.raw = nil, nil // before put: c.ex may be reused at once
 	if reusable {
-		ex.pool.put(ex.conn)
+		ex.pool.put(c)
 	} else {
-		ex.conn.c.Close()
+		c.c.Close()
 	}
-	ex.conn = nil
 }

@@ -67,8 +67,18 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	sw := statusWriter{ResponseWriter: w}
-	g.serveService(&sw, r, s, key)
+	if fw, ok := w.(*fastWriter); ok {
+		// the fast engine's writer records the status itself
+		g.serveService(fw, r, s, key)
+		st := fw.status
+		if st == 0 && fw.hijacked {
+			st = http.StatusSwitchingProtocols
+		}
+		s.m.observe(st, time.Since(start))
+		return
+	}
+	sw := &statusWriter{ResponseWriter: w}
+	g.serveService(sw, r, s, key)
 	s.m.observe(sw.status, time.Since(start))
 }
 
@@ -113,7 +123,7 @@ func clientIP(r *http.Request) string {
 	return host
 }
 
-func (g *Gateway) serveService(w *statusWriter, r *http.Request, s *Service, key string) {
+func (g *Gateway) serveService(w http.ResponseWriter, r *http.Request, s *Service, key string) {
 	sn := s.load()
 	if len(sn.ups) == 0 {
 		writeError(w, http.StatusServiceUnavailable, "service "+strconv.Quote(key)+" has no instances")
@@ -257,21 +267,24 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 
 	h := r.Header
 	removeHop(h)
+	xff := ip
 	if prior, ok := h["X-Forwarded-For"]; ok {
-		h["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + ip}
-	} else {
-		h["X-Forwarded-For"] = []string{ip}
+		xff = strings.Join(prior, ", ") + ", " + ip
 	}
+	xproto := "http"
 	if r.TLS != nil {
-		h["X-Forwarded-Proto"] = httpsVal
-	} else {
-		h["X-Forwarded-Proto"] = httpVal
+		xproto = "https"
 	}
-	if r.Host != "" {
-		h["X-Forwarded-Host"] = []string{r.Host}
-	}
-	if _, ok := h["User-Agent"]; !ok {
-		h["User-Agent"] = emptyUA
+	if sn.scheme != "http" {
+		// http.Transport sends what the header map holds
+		h["X-Forwarded-For"] = []string{xff}
+		h["X-Forwarded-Proto"] = []string{xproto}
+		if r.Host != "" {
+			h["X-Forwarded-Host"] = []string{r.Host}
+		}
+		if _, ok := h["User-Agent"]; !ok {
+			h["User-Agent"] = emptyUA
+		}
 	}
 
 	path := g.outPath(r.URL.Path, sn, key)
@@ -279,6 +292,14 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 	if r.URL.RawPath != "" {
 		rawPath = g.outPath(r.URL.RawPath, sn, key)
 	}
+	o := outReq{method: r.Method, path: (&url.URL{Path: path, RawPath: rawPath}).EscapedPath(),
+		rawQuery: r.URL.RawQuery, host: r.Host, header: h, xff: xff, xproto: xproto,
+		cl: r.ContentLength, ctx: r.Context()}
+	// The answer is relayed without an http.Response when it goes
+	// straight to the fast engine's writer (no SLP filter in between)
+	// and nothing set response headers yet.
+	fw, _ := w.(*fastWriter)
+	raw := fw != nil && len(fw.h) == 0
 	var skip uint64
 	attempts := 0
 	for {
@@ -295,29 +316,34 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 		if err != nil { // opened or half-open quota used since Pick
 			continue
 		}
-		out := new(http.Request)
-		*out = *r
-		out.URL = &url.URL{Scheme: sn.scheme, Host: u.Inst.Address, Path: path, RawPath: rawPath, RawQuery: r.URL.RawQuery}
-		out.RequestURI = ""
-		out.Close = false
-		out.Header = h
-		if body != nil {
-			out.Body = io.NopCloser(bytes.NewReader(body))
-			out.GetBody = nil
-		}
 		u.inflight.Add(1)
 		var resp *http.Response
 		var ex *h1Exchange
 		if sn.scheme == "http" {
 			pool := u.pool.Load()
-			resp, ex, err = pool.roundTrip(out, false)
+			o.addr = u.Inst.Address
+			o.body = r.Body
+			if body != nil {
+				o.body = bytes.NewReader(body)
+			}
+			resp, ex, err = pool.roundTrip(&o, false, raw)
 			if err == errStale && (body != nil || r.Body == nil) {
 				if body != nil {
-					out.Body = io.NopCloser(bytes.NewReader(body))
+					o.body = bytes.NewReader(body)
 				}
-				resp, ex, err = pool.roundTrip(out, true)
+				resp, ex, err = pool.roundTrip(&o, true, raw)
 			}
 		} else {
+			out := new(http.Request)
+			*out = *r
+			out.URL = &url.URL{Scheme: sn.scheme, Host: u.Inst.Address, Path: path, RawPath: rawPath, RawQuery: r.URL.RawQuery}
+			out.RequestURI = ""
+			out.Close = false
+			out.Header = h
+			if body != nil {
+				out.Body = io.NopCloser(bytes.NewReader(body))
+				out.GetBody = nil
+			}
 			resp, err = sn.transport.RoundTrip(out)
 		}
 		attempts++
@@ -338,10 +364,18 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 			writeError(w, http.StatusBadGateway, "upstream "+u.Inst.ID+" of service "+strconv.Quote(key)+" failed: "+err.Error())
 			return
 		}
-		if resp.StatusCode >= 500 {
+		var status int
+		if ex != nil && ex.raw != nil {
+			status = ex.raw.status
+		} else {
+			status = resp.StatusCode
+		}
+		if status >= 500 {
 			done(errUpstream5xx)
-			if canRetry && idempotent(r.Method) && (resp.StatusCode == 502 || resp.StatusCode == 503 || resp.StatusCode == 504) {
-				resp.Body.Close()
+			if canRetry && idempotent(r.Method) && (status == 502 || status == 503 || status == 504) {
+				if resp != nil {
+					resp.Body.Close()
+				}
 				ex.done(false)
 				u.inflight.Add(-1)
 				s.m.retries.Add(1)
@@ -350,17 +384,17 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 		} else {
 			done(nil)
 		}
-		clean := copyResponse(w, resp)
-		ex.done(clean && !resp.Close)
+		if ex != nil && ex.raw != nil {
+			clean := fw.relayRaw(ex.raw, ex.conn.br)
+			ex.done(clean && !ex.raw.close)
+		} else {
+			clean := copyResponse(w, resp)
+			ex.done(clean && !resp.Close)
+		}
 		u.inflight.Add(-1)
 		return
 	}
 }
-
-var (
-	httpVal  = []string{"http"}
-	httpsVal = []string{"https"}
-)
 
 // copyResponse sends resp to w; it reports whether the body was read to
 // its end (so the upstream connection can be reused).
