@@ -233,4 +233,33 @@ func TestUploadsRefuseEscapes(t *testing.T) {
 	if c := x.js("POST", "/api/v1/repos/w/versions/", map[string]any{"path": "relative"}, nil); c != 400 {
 		t.Fatalf("relative path: %d", c)
 	}
+	// a URL: an archive is unpacked, any other file saved under its name
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/build/app.tar.gz":
+			w.Write(tarball("bin/fetched"))
+		case "/build/tool":
+			w.Write([]byte("#!/bin/sh\n"))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	if c := x.js("POST", "/api/v1/repos/w/versions/", map[string]any{"url": srv.URL + "/build/app.tar.gz"}, &v); c != 201 || len(v.Files) != 2 || v.Source != "url:"+srv.URL+"/build/app.tar.gz" {
+		t.Fatalf("url archive: %d %+v", c, v)
+	}
+	if _, err := os.Stat(filepath.Join(x.c.releaseDir("w", v.MetaVersion), "bin", "fetched")); err != nil {
+		t.Fatal(err)
+	}
+	if c := x.js("POST", "/api/v1/repos/w/versions/", map[string]any{"url": srv.URL + "/build/tool", "spec": sp}, &v); c != 201 || len(v.Files) != 1 || v.Files[0] != "tool" {
+		t.Fatalf("url file: %d %+v", c, v)
+	}
+	for _, u := range []string{srv.URL + "/missing.tar.gz", "file:///etc/passwd", "ftp://x/y"} {
+		if c := x.js("POST", "/api/v1/repos/w/versions/", map[string]any{"url": u, "spec": sp}, nil); c != 400 {
+			t.Fatalf("url %q: %d", u, c)
+		}
+	}
+	if c := x.js("POST", "/api/v1/repos/w/versions/", map[string]any{"url": srv.URL + "/build/tool", "path": dir, "spec": sp}, nil); c != 400 {
+		t.Fatalf("url and path: %d", c)
+	}
 }

@@ -427,6 +427,37 @@ func TestDeploy(t *testing.T) {
 		t.Fatalf("resource apps: %+v", apps)
 	}
 	e.want(400, "GET", "/api/v1/apps/?apptype=nope", alice, nil, nil)
+	e.want(200, "GET", "/api/v1/apps/?apptype=service", alice, nil, &apps)
+	if len(apps) != 0 {
+		t.Fatalf("service apps: %+v", apps)
+	}
+	e.want(200, "GET", "/api/v1/apps/", bob, nil, &apps)
+	if len(apps) != 1 || apps[0].AppName != "hello" || apps[0].State != "running" {
+		t.Fatalf("all apps: %+v", apps)
+	}
+	var procList []procView
+	e.want(200, "GET", "/api/v1/apps/hello/procs/", alice, nil, &procList)
+	if len(procList) != 2 || procList[0].ProcName != "bg" || procList[1].ProcName != "web" || procList[1].Healthy != 2 || procList[0].Running != 1 {
+		t.Fatalf("procs: %+v", procList)
+	}
+	e.want(200, "GET", "/api/v1/apps/hello/procs", alice, nil, &procList)
+	var ver map[string]any
+	e.want(200, "GET", "/api/v1/repos/hello/versions/"+mv(1)+"/", alice, nil, &ver)
+	if ver["meta_version"] != mv(1) || ver["spec"] != helloSpec {
+		t.Fatalf("version: %v", ver)
+	}
+	e.want(404, "GET", "/api/v1/repos/hello/versions/"+mv(9), alice, nil, nil)
+	var ops []operation
+	e.want(200, "GET", "/api/v1/apps/hello/operations/", alice, nil, &ops)
+	if len(ops) != 1 || ops[0].State != "succeeded" || ops[0].Procs["web"].State != "succeeded" {
+		t.Fatalf("operations: %+v", ops)
+	}
+	var one operation
+	e.want(200, "GET", "/api/v1/apps/hello/operations/"+ops[0].ID, alice, nil, &one)
+	if one.ID != ops[0].ID || one.State != "succeeded" {
+		t.Fatalf("operation: %+v", one)
+	}
+	e.want(404, "GET", "/api/v1/apps/hello/operations/nope", alice, nil, nil)
 
 	// --- through the gateway ---
 	seen := map[string]bool{}
