@@ -98,3 +98,27 @@ func TestSLPSessionsBegunByPlugins(t *testing.T) {
 		t.Fatalf("session of an unknown SLP: %d, want 404", code)
 	}
 }
+
+// Start and Stop hooks that ignore their deadline fail the load or are left
+// behind; they never wedge the host's loads, listings or shutdown.
+func TestHooksThatHang(t *testing.T) {
+	h := testhost.Start(t, testhost.Options{Config: "stop_timeout: 1s\n"})
+	hangStart, hangStop, good := buildEcho(t, h, "hang-start"), buildEcho(t, h, "hang-stop"), buildEcho(t, h, "good")
+
+	code, body := h.Do(t, "POST", "/apim/v1/echo.v1?file="+hangStart, nil)
+	if code != http.StatusUnprocessableEntity || !strings.Contains(body, "Start did not return within its deadline") {
+		t.Fatalf("load with a hanging Start: %d %q, want 422", code, body)
+	}
+	h.LoadAPI(t, "echo.v1", hangStop)
+	h.LoadAPI(t, "echo.v1", good) // retires hang-stop, whose Stop never returns
+	if code, body := h.Do(t, "GET", "/echo/v1/x", nil); code != 200 || body != "good:/x" {
+		t.Fatalf("after the swap: %d %q", code, body)
+	}
+	h.LoadAPI(t, "echo.v1", hangStop)
+	start := time.Now()
+	h.Stop() // fails the test if plugd does not exit within 60s
+	t.Logf("shutdown with a hanging Stop took %s", time.Since(start).Round(time.Millisecond))
+	if !strings.Contains(h.Log(), "Stop did not return within its deadline") {
+		t.Fatalf("the hanging Stop was not logged:\n%s", h.Log())
+	}
+}

@@ -120,12 +120,28 @@ func (in *instance) drainAndStop(why sdk.StopReason, drain, stop time.Duration, 
 	defer cancel()
 	log.WithFields(logrus.Fields{"load": in.id, "reason": why}).Debug("stopping")
 	if s, ok := in.value.(sdk.Stopper); ok {
-		if err := safeCall(func() error { return s.Stop(ctx) }); err != nil {
+		if err := boundedCall(ctx, "Stop", func() error { return s.Stop(ctx) }); err != nil {
 			log.WithField("load", in.id).WithError(err).Error("stop failed")
 		}
 	}
 	in.host.shutdown(stop, log)
 	in.setState(Stopped)
+}
+
+// boundedCall runs a plugin hook under safeCall and waits for it at most
+// until ctx ends. A hook that ignores its context and never returns must not
+// wedge the host (a Load holds the manager's lock, shutdown waits for Stop):
+// past the deadline the caller goes on and the hook's goroutine is left
+// behind, since Go cannot stop it.
+func boundedCall(ctx context.Context, what string, fn func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- safeCall(fn) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("%s did not return within its deadline (it was left running)", what)
+	}
 }
 
 // safeCall runs a plugin hook, turning a panic into an error.

@@ -124,32 +124,15 @@ func (m *Manager) start(ctx context.Context, kind Kind, name, file string, decl 
 	hctx, cancel := context.WithCancel(context.Background())
 	h := &pluginHost{m: m, name: name, decl: decl, log: log, ctx: hctx, cancel: cancel, services: m.services.Owned(name)}
 	in := newInstance(kind, id, name, file, h)
-	var err error
-	switch kind {
-	case KindAPI:
-		if decl.NewAPI == nil {
-			err = sdk.Errorf(http.StatusUnprocessableEntity, "file %q declares no API (plugin %s has only an SLP)", file, decl.Name)
-			break
-		}
-		err = safeCall(func() (e error) { in.value, e = decl.NewAPI(h); return e })
-		if err == nil && in.value == nil {
-			err = errors.New("NewAPI returned nil")
-		}
-	case KindSLP:
-		if decl.NewSLP == nil {
-			err = sdk.Errorf(http.StatusUnprocessableEntity, "file %q declares no SLP (plugin %s has only an API)", file, decl.Name)
-			break
-		}
-		err = safeCall(func() (e error) { in.value, e = decl.NewSLP(h); return e })
-		if err == nil && in.value == nil {
-			err = errors.New("NewSLP returned nil")
-		}
-	}
+	// NewAPI/NewSLP and Start share one deadline; a hook that overruns it
+	// fails the load instead of holding m.mu forever.
+	sctx, scancel := context.WithTimeout(ctx, m.startTimeout())
+	defer scancel()
+	value, err := m.construct(sctx, kind, file, decl, h)
+	in.value = value
 	if err == nil {
 		if s, ok := in.value.(sdk.Starter); ok {
-			sctx, scancel := context.WithTimeout(ctx, time.Duration(m.cfg.StopTimeout)*3)
-			err = safeCall(func() error { return s.Start(sctx) })
-			scancel()
+			err = boundedCall(sctx, "Start", func() error { return s.Start(sctx) })
 		}
 	}
 	if err != nil {
@@ -162,6 +145,41 @@ func (m *Manager) start(ctx context.Context, kind Kind, name, file string, decl 
 	log.WithFields(logrus.Fields{"file": file, "load": id}).Info("loaded")
 	return in, nil
 }
+
+// construct calls the declaration's NewAPI or NewSLP within ctx.
+func (m *Manager) construct(ctx context.Context, kind Kind, file string, decl *sdk.Declaration, h sdk.Host) (any, error) {
+	var value any
+	var err error
+	switch kind {
+	case KindAPI:
+		if decl.NewAPI == nil {
+			return nil, sdk.Errorf(http.StatusUnprocessableEntity, "file %q declares no API (plugin %s has only an SLP)", file, decl.Name)
+		}
+		var api sdk.API
+		err = boundedCall(ctx, "NewAPI", func() (e error) { api, e = decl.NewAPI(h); return e })
+		if err == nil && api == nil {
+			err = errors.New("NewAPI returned nil")
+		}
+		value = api
+	case KindSLP:
+		if decl.NewSLP == nil {
+			return nil, sdk.Errorf(http.StatusUnprocessableEntity, "file %q declares no SLP (plugin %s has only an API)", file, decl.Name)
+		}
+		var slp sdk.SLP
+		err = boundedCall(ctx, "NewSLP", func() (e error) { slp, e = decl.NewSLP(h); return e })
+		if err == nil && slp == nil {
+			err = errors.New("NewSLP returned nil")
+		}
+		value = slp
+	}
+	if err != nil {
+		return nil, err
+	}
+	return value, nil
+}
+
+// startTimeout bounds NewAPI/NewSLP plus Start of one load.
+func (m *Manager) startTimeout() time.Duration { return time.Duration(m.cfg.StopTimeout) * 3 }
 
 // publish makes in the current instance of name and retires the old one.
 func (m *Manager) publish(kind Kind, name string, in *instance) {
@@ -339,7 +357,9 @@ func (m *Manager) Health(ctx context.Context, kind Kind, name string) error {
 		return sdk.Errorf(http.StatusNotFound, "no %s named %q is loaded", kind, name)
 	}
 	if h, ok := in.value.(sdk.HealthChecker); ok {
-		return safeCall(func() error { return h.Health(ctx) })
+		ctx, cancel := context.WithTimeout(ctx, time.Duration(m.cfg.StopTimeout))
+		defer cancel()
+		return boundedCall(ctx, "Health", func() error { return h.Health(ctx) })
 	}
 	return nil
 }

@@ -94,6 +94,9 @@ func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTT
 
 // Start serves build on the configured port through a host-owned listener.
 func (a *api) Start(ctx context.Context) error {
+	if build == "hang-start" { // TestHooksThatHang: ignores ctx
+		select {}
+	}
 	var cfg config
 	if err := a.h.Config(&cfg); err != nil {
 		return err
@@ -114,6 +117,9 @@ func (a *api) Start(ctx context.Context) error {
 
 func (a *api) Stop(ctx context.Context) error {
 	a.event("stop " + build + " " + sdk.StopReasonFrom(ctx).String())
+	if build == "hang-stop" { // TestHooksThatHang: ignores ctx
+		select {}
+	}
 	if a.srv != nil {
 		return a.srv.Shutdown(ctx)
 	}
