@@ -139,7 +139,7 @@ T_ROLL=$(op PUT /apps/bench/ "{\"meta_version\":\"$MV2\"}")
 [ "$(curl -sf "$API/apps/bench/procs/web/" | jq -r '[.instances[] | select(.healthy and .meta_version=="'"$MV2"'")] | length')" = 10 ] || { echo "rollout incomplete" >&2; exit 1; }
 T_UNDEPLOY=$(op DELETE /apps/bench/ '')
 [ "$(procs)" = 0 ] || { echo "undeploy left $(procs) processes" >&2; exit 1; }
-LIMITS=$(grep -o 'limits: [a-z0-9-]*' "$WORK/plugd.log" | head -1)
+LIMITS=$(grep -o 'limits: \(cgroup v[12]\|rlimit\)' "$WORK/plugd.log" | head -1)
 
 printf '%-28s %s\n' \
 	"deploy 10 instances" "$(printf '%.2fs' "$T_DEPLOY")" \

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/plugd/plugd/sdk"
@@ -258,6 +259,7 @@ func (d *Local) waitHealthy(ctx context.Context, in *inst, fresh bool) error {
 				}
 			}
 		} else if ok, why := probeExit(r.PID, r.StartTicks); !ok {
+			killGroup(r.PID, 0, syscall.SIGKILL) // what the leader left behind
 			_ = d.crashed(ctx, in, why)
 			if fresh {
 				return fmt.Errorf("instance %s %s before becoming healthy%s", r.ID, why, logTail(r.Log, 5))

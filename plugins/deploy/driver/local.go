@@ -536,6 +536,7 @@ func (d *Local) checkRunning(ctx context.Context, in *inst) error {
 	pid, ticks := in.rec.PID, in.rec.StartTicks
 	d.mu.Unlock()
 	if ok, why := probeExit(pid, ticks); !ok {
+		killGroup(pid, 0, syscall.SIGKILL) // what the leader left behind
 		return d.crashed(ctx, in, why)
 	}
 	d.mu.Lock()

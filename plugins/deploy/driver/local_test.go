@@ -525,3 +525,55 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// When an instance's main process exits, what it left running in its
+// process group is killed before the restart (no unsupervised duplicates),
+// and in cgroup modes its group is removed.
+func TestCrashKillsLeftovers(t *testing.T) {
+	dir := buildWebapp(t)
+	h := sdktest.NewHost(t, "deploy.v1")
+	d := newDriver(t, h)
+	ctx := context.Background()
+	t.Cleanup(func() { _ = d.Remove(ctx, "hello", "web") })
+	s := webSpec(dir, "v1", 1, nil)
+	s.Cmd = "sleep 300 & exec ./webapp"
+	if err := d.Apply(ctx, s, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := d.Status("hello", "web")
+	leader := st.Instances[0].PID
+	group := func(pgid int) []int {
+		var out []int
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil || pid == pgid {
+				continue
+			}
+			if g, err := syscall.Getpgid(pid); err == nil && g == pgid && sameProcessAny(pid) {
+				out = append(out, pid)
+			}
+		}
+		return out
+	}
+	waitFor(t, "the sleep in the instance's group", 5*time.Second, func() bool { return len(group(leader)) == 1 })
+	left := group(leader)[0]
+	t.Cleanup(func() { _ = syscall.Kill(left, syscall.SIGKILL) })
+	d.mu.Lock()
+	cgs := d.procs[pkey("hello", "web")].insts[st.Instances[0].ID].rec.Cgroups
+	d.mu.Unlock()
+	http.Get("http://" + st.Instances[0].Address + "/crash")
+	waitFor(t, "restart", 10*time.Second, func() bool {
+		s, _ := d.Status("hello", "web")
+		return s.Healthy == 1 && s.Instances[0].PID != leader
+	})
+	waitFor(t, "the leftover sleep to be killed", 5*time.Second, func() bool { return !alive(left) })
+	for _, c := range cgs {
+		if _, err := os.Stat(c); err == nil {
+			t.Fatalf("cgroup %s of the crashed run still exists", c)
+		}
+	}
+	if (d.LimitsMode() == ModeRlimit) != (len(cgs) == 0) {
+		t.Fatalf("mode %s with cgroups %v", d.LimitsMode(), cgs)
+	}
+}
