@@ -85,7 +85,7 @@ func main() {
 }
 GO
 (cd "$WORK/up" && GO111MODULE=off go build -o upstream main.go)
-"$WORK/up/upstream" "127.0.0.1:$UP" & PIDS+=($!)
+"$WORK/up/upstream" "127.0.0.1:$UP" & PIDS+=($!); UPPID=$!
 waitport "$UP"
 
 # plugd with the gateway
@@ -107,7 +107,7 @@ plugins:
         upstreams:
           - {id: up1, address: 127.0.0.1:$UP}
 YAML
-GOMAXPROCS=$WORKERS "$WORK/plugd" -config "$WORK/plugd.yaml" >"$WORK/plugd.log" 2>&1 & PIDS+=($!)
+GOMAXPROCS=$WORKERS "$WORK/plugd" -config "$WORK/plugd.yaml" >"$WORK/plugd.log" 2>&1 & PIDS+=($!); PLUGDPID=$!
 waitport "$MG"
 curl -fsS -X POST "http://127.0.0.1:$MG/apim/v1/gateway.v1?file=$(basename "$SO")" >/dev/null
 waitport "$GW"
@@ -141,7 +141,7 @@ http {
 	}
 }
 NGX
-"$NGINX" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" & PIDS+=($!)
+"$NGINX" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" & PIDS+=($!); NGPID=$!
 
 # haproxy
 cat >"$WORK/haproxy.cfg" <<HAP
@@ -160,7 +160,7 @@ frontend fe
 backend be
 	server up1 127.0.0.1:$UP
 HAP
-"$HAPROXY" -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & PIDS+=($!)
+"$HAPROXY" -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & PIDS+=($!); HAPID=$!
 
 # caddy
 cat >"$WORK/Caddyfile" <<CAD
@@ -172,7 +172,7 @@ http://127.0.0.1:$CA {
 	reverse_proxy 127.0.0.1:$UP
 }
 CAD
-XDG_DATA_HOME=$WORK XDG_CONFIG_HOME=$WORK GOMAXPROCS=$WORKERS caddy run --config "$WORK/Caddyfile" --adapter caddyfile >"$WORK/caddy.log" 2>&1 & PIDS+=($!)
+XDG_DATA_HOME=$WORK XDG_CONFIG_HOME=$WORK GOMAXPROCS=$WORKERS caddy run --config "$WORK/Caddyfile" --adapter caddyfile >"$WORK/caddy.log" 2>&1 & PIDS+=($!); CAPID=$!
 waitport "$NG"; waitport "$HA"; waitport "$CA"
 
 # every target must answer the upstream's body before it is measured
@@ -200,21 +200,41 @@ toms() {
 }
 # Each target is measured ROUNDS times, rounds interleaved so that a burst
 # of load from elsewhere on the machine does not hit one target only; the
-# best round (highest req/s) is kept.
-declare -A RPS P50 P99
+# best round (highest req/s) is kept. Besides, the CPU time the proxy's
+# processes spend per request (utime+stime from /proc, averaged over the
+# rounds) is the figure least disturbed by other load on the machine: a
+# proxy that needs less CPU per request leaves more of the shared cores
+# to wrk and the upstream.
+declare -A PROCS=(
+	[direct]="$UPPID"
+	[plugd]="$PLUGDPID"
+	[plugd+prog]="$PLUGDPID"
+	[nginx]="$NGPID $(pgrep -P "$NGPID" | tr '\n' ' ')"
+	[haproxy]="$HAPID"
+	[caddy]="$CAPID"
+)
+TCK=$(getconf CLK_TCK)
+cputicks() { local t=0 p; for p in $1; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+declare -A RPS P50 P99 CPU
 THREADS=${WRK_THREADS:-1}
 ROUNDS=${ROUNDS:-2}
 for k in "${ORDER[@]}"; do
 	wrk -t"$THREADS" -c"$CONNS" -d2s "${URL[$k]}" >/dev/null # warm-up: fill the keep-alive pools
 	RPS[$k]=0
+	CPU[$k]=0
 done
 for round in $(seq "$ROUNDS"); do
 	for k in "${ORDER[@]}"; do
+		c0=$(cputicks "${PROCS[$k]}")
 		out=$(wrk -t"$THREADS" -c"$CONNS" -d"${DUR}s" --latency "${URL[$k]}")
+		c1=$(cputicks "${PROCS[$k]}")
 		rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+		n=$(awk '/requests in/ {print $1}' <<<"$out")
+		us=$(awk -v c=$((c1 - c0)) -v n="$n" -v t="$TCK" 'BEGIN { printf "%.2f", c * 1e6 / t / n }')
+		CPU[$k]=$(awk -v a="${CPU[$k]}" -v b="$us" -v r="$ROUNDS" 'BEGIN { print a + b / r }')
 		errs=$(awk '/Non-2xx|Socket errors/' <<<"$out")
 		[ -z "$errs" ] || echo "$k: $errs" >&2
-		echo "round $round $k: $rps req/s" >&2
+		echo "round $round $k: $rps req/s, $us us CPU/request" >&2
 		if awk -v a="$rps" -v b="${RPS[$k]}" 'BEGIN { exit !(a > b) }'; then
 			RPS[$k]=$rps
 			P50[$k]=$(toms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
@@ -225,11 +245,12 @@ done
 
 echo
 echo "gateway benchmark: $(nproc) cores (load average $(cut -d' ' -f1-3 /proc/loadavg)), wrk -t$THREADS -c$CONNS -d${DUR}s, best of $ROUNDS, $WORKERS proxy workers, $(date -u +%Y-%m-%dT%H:%MZ)"
-printf '%-11s %12s %8s %10s %8s %10s %8s\n' target "req/s" "×nginx" "p50 ms" "×nginx" "p99 ms" "×nginx"
+printf '%-11s %9s %7s %8s %7s %8s %7s %9s %7s\n' target "req/s" "×nginx" "p50 ms" "×nginx" "p99 ms" "×nginx" "CPU us/r" "×nginx"
 for k in "${ORDER[@]}"; do
 	awk -v k="$k" -v r="${RPS[$k]}" -v rn="${RPS[nginx]}" -v a="${P50[$k]}" -v an="${P50[nginx]}" \
-		-v b="${P99[$k]}" -v bn="${P99[nginx]}" 'BEGIN {
-		printf "%-11s %12.0f %8.2f %10.3f %8.2f %10.3f %8.2f\n", k, r, r/rn, a, a/an, b, b/bn
+		-v b="${P99[$k]}" -v bn="${P99[nginx]}" -v c="${CPU[$k]}" -v cn="${CPU[nginx]}" 'BEGIN {
+		printf "%-11s %9.0f %7.2f %8.3f %7.2f %8.3f %7.2f %9.1f %7.2f\n", k, r, r/rn, a, a/an, b, b/bn, c, c/cn
 	}'
 done
-echo "(req/s ratio > 1 is faster than nginx; latency ratio < 1 is faster than nginx)"
+echo "(req/s ratio > 1 is faster than nginx; latency and CPU ratios < 1 are better than nginx;"
+echo " CPU us/r is the CPU time of the proxy's processes per request, the upstream's for direct)"
