@@ -37,4 +37,10 @@ type Host interface {
 	SLPs() SLPs
 	// Services is the registry of service instances shared by all plugins.
 	Services() ServiceRegistry
+	// Draining is closed when this instance has been replaced or unloaded
+	// (or the host is stopping) and is finishing its in-flight work.
+	// Long-lived responses and sessions (log follows, long polls, streams)
+	// should wrap up when it closes, so that the swap or unload completes
+	// at once; at the drain deadline the host cancels their contexts anyway.
+	Draining() <-chan struct{}
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/plugd/plugd/internal/testhost"
 )
 
@@ -120,5 +122,77 @@ func TestHooksThatHang(t *testing.T) {
 	t.Logf("shutdown with a hanging Stop took %s", time.Since(start).Round(time.Millisecond))
 	if !strings.Contains(h.Log(), "Stop did not return within its deadline") {
 		t.Fatalf("the hanging Stop was not logged:\n%s", h.Log())
+	}
+}
+
+// A session still open on a replaced SLP version when its drain time is up
+// is closed with "going away" (so the client reconnects to the new version)
+// before the old version stops; new sessions were on the new version all
+// along.
+func TestSessionsEndAtDrainDeadline(t *testing.T) {
+	h := testhost.Start(t, testhost.Options{DrainTimeout: "2s"})
+	f1, f2 := buildEcho(t, h, "build-1"), buildEcho(t, h, "build-2")
+	h.LoadSLP(t, "echo", f1)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ws := "ws" + strings.TrimPrefix(h.URL, "http") + "/slp/v1/echo"
+	old, _, err := websocket.Dial(ctx, ws, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.CloseNow()
+	if err := old.Write(ctx, websocket.MessageText, []byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	if _, b, err := old.Read(ctx); err != nil || string(b) != "build-1:a" {
+		t.Fatalf("first reply: %q %v", b, err)
+	}
+	h.LoadSLP(t, "echo", f2)
+	_, _, err = old.Read(ctx) // blocks until the host closes the session
+	if got := websocket.CloseStatus(err); got != websocket.StatusGoingAway {
+		t.Fatalf("old session ended with %v (status %d), want going away (1001)", err, got)
+	}
+	eventually(t, "old version gone from the listing", 10*time.Second, func() bool {
+		_, l := h.Do(t, "GET", "/slpm/v1/slps", nil)
+		return !strings.Contains(l, f1)
+	})
+}
+
+// Host.Draining closes when a swap begins, so a long-lived response can end
+// at once; one that ignores it is canceled at the drain deadline.
+func TestLongRequestsEndOnDrain(t *testing.T) {
+	h := testhost.Start(t, testhost.Options{DrainTimeout: "3s"})
+	f1, f2 := buildEcho(t, h, "build-1"), buildEcho(t, h, "build-2")
+	h.LoadAPI(t, "echo.v1", f1)
+	type result struct {
+		body string
+		took time.Duration
+	}
+	get := func(path string) <-chan result {
+		ch := make(chan result, 1)
+		go func() {
+			start := time.Now()
+			resp, err := http.Get(h.URL + path)
+			if err != nil {
+				ch <- result{err.Error(), time.Since(start)}
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			ch <- result{string(b), time.Since(start)}
+		}()
+		return ch
+	}
+	polite, stubborn := get("/echo/v1/poll?polite=1"), get("/echo/v1/poll")
+	eventually(t, "both polls running", 10*time.Second, func() bool {
+		_, l := h.Do(t, "GET", "/apim/v1/apis", nil, "Accept", "application/json")
+		return strings.Contains(l, `"using":2`)
+	})
+	h.LoadAPI(t, "echo.v1", f2)
+	if r := <-polite; r.body != "poll ended: draining" {
+		t.Fatalf("polite poll: %q", r.body)
+	}
+	if r := <-stubborn; r.body != "poll ended: canceled" {
+		t.Fatalf("stubborn poll: %q", r.body)
 	}
 }

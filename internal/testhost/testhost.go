@@ -102,6 +102,9 @@ type Options struct {
 	Watch bool
 	// CheckTimeout bounds the trial load (default 60s: CI machines are slow).
 	CheckTimeout string
+	// DrainTimeout is how long a replaced version may finish its work
+	// (default 20s).
+	DrainTimeout string
 	// Env is added to the host's environment.
 	Env []string
 }
@@ -132,8 +135,11 @@ func Start(t testing.TB, opt Options) *Host {
 	if opt.CheckTimeout == "" {
 		opt.CheckTimeout = "60s"
 	}
-	cfg := fmt.Sprintf("listen: %s\nplugins_dir: %s\ndata_dir: %s\nwatch: %v\ncheck_timeout: %s\ndrain_timeout: 20s\n%s\n",
-		h.Addr, h.PluginsDir, h.DataDir, opt.Watch, opt.CheckTimeout, opt.Config)
+	if opt.DrainTimeout == "" {
+		opt.DrainTimeout = "20s"
+	}
+	cfg := fmt.Sprintf("listen: %s\nplugins_dir: %s\ndata_dir: %s\nwatch: %v\ncheck_timeout: %s\ndrain_timeout: %s\n%s\n",
+		h.Addr, h.PluginsDir, h.DataDir, opt.Watch, opt.CheckTimeout, opt.DrainTimeout, opt.Config)
 	if err := os.MkdirAll(h.PluginsDir, 0o755); err != nil {
 		t.Fatal(err)
 	}

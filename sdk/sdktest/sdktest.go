@@ -33,6 +33,8 @@ type Host struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
+	draining chan struct{}
+	drainOne sync.Once
 }
 
 // NewHost returns a Host whose goroutines are canceled and awaited at the
@@ -40,12 +42,20 @@ type Host struct {
 func NewHost(t testing.TB, name string) *Host {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Host{T: t, HostName: name, dir: t.TempDir(), store: NewStore(),
-		services: NewRegistry(), slps: map[string]sdk.SLP{}, ctx: ctx, cancel: cancel}
+		services: NewRegistry(), slps: map[string]sdk.SLP{}, ctx: ctx, cancel: cancel,
+		draining: make(chan struct{})}
 	t.Cleanup(func() { cancel(); h.wg.Wait() })
 	return h
 }
 
 func (h *Host) Name() string { return h.HostName }
+
+// Draining is closed by StartDraining.
+func (h *Host) Draining() <-chan struct{} { return h.draining }
+
+// StartDraining closes Draining, as the host does when the instance is
+// replaced or unloaded.
+func (h *Host) StartDraining() { h.drainOne.Do(func() { close(h.draining) }) }
 
 func (h *Host) Logger() logrus.FieldLogger {
 	l := logrus.New()

@@ -4,6 +4,7 @@
 package admin
 
 import (
+	"context"
 	"crypto/subtle"
 	"fmt"
 	"net/http"
@@ -241,7 +242,7 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	key := parts[0] + "." + parts[1]
-	api, release := s.Manager.API(key)
+	api, release, deadline := s.Manager.API(key)
 	if api == nil {
 		fail(w, r, sdk.Errorf(http.StatusNotFound, "no API %s is loaded", key))
 		return
@@ -251,7 +252,12 @@ func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
 	if len(parts) == 3 {
 		rest += parts[2]
 	}
-	r2 := r.Clone(r.Context())
+	// A request still running when its version's drain time is up is
+	// canceled, so that a long poll or follow does not outlive the version.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer context.AfterFunc(deadline, cancel)()
+	r2 := r.Clone(ctx)
 	r2.Header.Set("X-Plugd-Original-Path", r.URL.Path)
 	r2.URL.Path = rest
 	r2.URL.RawPath = ""

@@ -34,7 +34,29 @@ func (s *Server) session(w http.ResponseWriter, r *http.Request, ps httprouter.P
 	}
 	defer c.CloseNow()
 	log := s.Log.WithFields(logrus.Fields{"slp": name, "load": sess.Version()})
-	err = serveStream(r.Context(), h, &stream{c: c, r: r})
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	var expired <-chan struct{} // nil: never
+	if e, ok := sess.(interface{ Expired() <-chan struct{} }); ok {
+		expired = e.Expired()
+	}
+	go func() {
+		select {
+		case <-expired:
+			// The version was replaced or unloaded and its drain time is up:
+			// say so in a close frame first (canceling the stream's context
+			// would drop the connection without one), then end ServeStream.
+			c.Close(websocket.StatusGoingAway, "this version of the SLP was replaced or unloaded; reconnect")
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	err = serveStream(ctx, h, &stream{c: c, r: r})
+	select {
+	case <-expired:
+		return
+	default:
+	}
 	switch {
 	case err == nil, errors.Is(err, context.Canceled), websocket.CloseStatus(err) != -1:
 		c.Close(websocket.StatusNormalClosure, "")

@@ -43,12 +43,19 @@ type instance struct {
 	closed bool
 	idle   chan struct{} // closed when closed && active == 0
 	state  State
+	// deadline is canceled when the drain deadline passes: requests and
+	// sessions still running on the instance are told to end before its
+	// Stop runs.
+	deadline context.Context
+	expire   context.CancelFunc
 
 	used atomic.Int64 // SLP sessions finished
 }
 
 func newInstance(kind Kind, id, name, file string, h *pluginHost) *instance {
-	return &instance{kind: kind, id: id, name: name, file: file, loaded: time.Now(), host: h, idle: make(chan struct{}), state: Active}
+	in := &instance{kind: kind, id: id, name: name, file: file, loaded: time.Now(), host: h, idle: make(chan struct{}), state: Active}
+	in.deadline, in.expire = context.WithCancel(context.Background())
+	return in
 }
 
 // acquire counts one more request or session; false once the instance is
@@ -99,6 +106,7 @@ func (in *instance) close() {
 	}
 	in.closed = true
 	in.state = Draining
+	close(in.host.draining)
 	if in.active == 0 {
 		close(in.idle)
 	}
@@ -114,7 +122,13 @@ func (in *instance) drainAndStop(why sdk.StopReason, drain, stop time.Duration, 
 	case <-in.idle:
 		t.Stop()
 	case <-t.C:
-		log.WithField("load", in.id).Warnf("drain deadline %s passed with %d still running; stopping anyway", drain, in.using())
+		log.WithField("load", in.id).Warnf("drain deadline %s passed with %d still running; ending them and stopping", drain, in.using())
+		in.expire()
+		// Give sessions told to end a moment to close cleanly before Stop.
+		select {
+		case <-in.idle:
+		case <-time.After(min(stop, 2*time.Second)):
+		}
 	}
 	ctx, cancel := context.WithTimeout(sdk.WithStopReason(context.Background(), why), stop)
 	defer cancel()
@@ -125,6 +139,7 @@ func (in *instance) drainAndStop(why sdk.StopReason, drain, stop time.Duration, 
 		}
 	}
 	in.host.shutdown(stop, log)
+	in.expire()
 	in.setState(Stopped)
 }
 
@@ -166,6 +181,7 @@ type pluginHost struct {
 	mu       sync.Mutex
 	handles  []net.Listener
 	services sdk.ServiceRegistry
+	draining chan struct{} // closed when the instance is closed
 }
 
 func (h *pluginHost) Name() string               { return h.name }
@@ -174,6 +190,7 @@ func (h *pluginHost) Config(v any) error         { return h.m.cfg.DecodePlugin(h
 func (h *pluginHost) DataDir() string            { return h.m.pluginDataDir(h.decl.Name) }
 func (h *pluginHost) Store() sdk.Store           { return h.m.db.Namespace(h.decl.Name) }
 func (h *pluginHost) SLPs() sdk.SLPs             { return h.m }
+func (h *pluginHost) Draining() <-chan struct{}  { return h.draining }
 func (h *pluginHost) Services() sdk.ServiceRegistry {
 	return h.services
 }

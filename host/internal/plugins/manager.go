@@ -122,7 +122,7 @@ func (m *Manager) start(ctx context.Context, kind Kind, name, file string, decl 
 	id := fmt.Sprintf("%s#%d", name, m.seq)
 	log := m.log.WithFields(logrus.Fields{"plugin": name})
 	hctx, cancel := context.WithCancel(context.Background())
-	h := &pluginHost{m: m, name: name, decl: decl, log: log, ctx: hctx, cancel: cancel, services: m.services.Owned(name)}
+	h := &pluginHost{m: m, name: name, decl: decl, log: log, ctx: hctx, cancel: cancel, services: m.services.Owned(name), draining: make(chan struct{})}
 	in := newInstance(kind, id, name, file, h)
 	// NewAPI/NewSLP and Start share one deadline; a hook that overruns it
 	// fails the load instead of holding m.mu forever.
@@ -263,18 +263,20 @@ func (m *Manager) Unload(kind Kind, name string) error {
 }
 
 // API returns the active instance serving name.version, acquired; the
-// caller must call release. nil if none.
-func (m *Manager) API(name string) (sdk.API, func()) {
+// caller must call release. nil if none. deadline is canceled when the
+// instance's drain time after a swap or unload is up: the request's context
+// should end with it.
+func (m *Manager) API(name string) (api sdk.API, release func(), deadline context.Context) {
 	for i := 0; i < 100; i++ { // retries only while a swap closes the one we found
 		in := (*m.apis.Load())[name]
 		if in == nil {
-			return nil, nil
+			return nil, nil, nil
 		}
 		if in.acquire() {
-			return in.value.(sdk.API), in.release
+			return in.value.(sdk.API), in.release, in.deadline
 		}
 	}
-	return nil, nil
+	return nil, nil, nil
 }
 
 // Begin starts a session on the current version of SLP name.
@@ -298,6 +300,11 @@ type session struct {
 
 func (s *session) SLP() sdk.SLP    { return s.in.value }
 func (s *session) Version() string { return s.in.id }
+
+// Expired is closed when the session's version has passed its drain
+// deadline after a swap or unload; the session should end.
+func (s *session) Expired() <-chan struct{} { return s.in.deadline.Done() }
+
 func (s *session) End() {
 	s.once.Do(func() {
 		s.in.used.Add(1)

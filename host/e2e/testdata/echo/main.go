@@ -76,6 +76,22 @@ func newAPI(h sdk.Host) (sdk.API, error) {
 		time.Sleep(time.Duration(ms) * time.Millisecond)
 		fmt.Fprint(w, "session ended")
 	})
+	// /poll waits until the request is canceled or, with ?polite=1, until
+	// the instance starts draining, like a long poll or a log follow.
+	a.mux.HandleFunc("/poll", func(w http.ResponseWriter, r *http.Request) {
+		draining := h.Draining()
+		if r.URL.Query().Get("polite") == "" {
+			draining = nil
+		}
+		select {
+		case <-draining:
+			fmt.Fprint(w, "poll ended: draining")
+		case <-r.Context().Done():
+			fmt.Fprint(w, "poll ended: canceled")
+		case <-time.After(time.Minute):
+			fmt.Fprint(w, "poll ended: timeout")
+		}
+	})
 	a.mux.HandleFunc("/store", func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPut {
 			h.Store().Put(r.Context(), "k", []byte(r.URL.Query().Get("v")))
