@@ -870,6 +870,8 @@ func (c *Console) procLogs(w http.ResponseWriter, r *http.Request, ps httprouter
 			select {
 			case <-c.opCtx.Done(): // the plugin instance stops
 				cancel()
+			case <-c.h.Draining(): // replaced or unloaded: let the swap finish now
+				cancel()
 			case <-ctx.Done():
 			}
 		}()

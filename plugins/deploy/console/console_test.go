@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -42,6 +43,7 @@ func TestConfigAuthOff(t *testing.T) {
 
 type tc struct {
 	t   *testing.T
+	h   *sdktest.Host
 	c   *Console
 	srv *httptest.Server
 }
@@ -69,7 +71,7 @@ func newConsole(t *testing.T) *tc {
 		}
 		_ = c.Stop(ctx)
 	})
-	return &tc{t: t, c: c, srv: srv}
+	return &tc{t: t, h: h, c: c, srv: srv}
 }
 
 func (x *tc) do(method, path, ctype string, body []byte, out any) int {
@@ -185,6 +187,40 @@ func TestWorkerScaleAndProcRules(t *testing.T) {
 		t.Fatalf("delete proc: %d", c)
 	}
 	x.wait(ref)
+}
+
+// A log follow ends when the instance starts draining (a swap or unload),
+// so that it does not hold the swap up until the host's drain deadline.
+func TestLogFollowEndsOnDrain(t *testing.T) {
+	x := newConsole(t)
+	x.js("POST", "/api/v1/repos/", map[string]string{"appname": "w"}, nil)
+	sp := "worker.bg:\n  cmd: while true; do echo tick; sleep 0.1; done\n  healthcheck: {grace: 100ms}\n"
+	x.js("POST", "/api/v1/repos/w/versions/", map[string]any{"spec": sp, "files": map[string]string{"x": ""}}, nil)
+	var ref map[string]any
+	x.js("POST", "/api/v1/apps/", map[string]string{"appname": "w"}, &ref)
+	if op := x.wait(ref); op.State != OpSucceeded {
+		t.Fatalf("deploy: %+v", op)
+	}
+	resp, err := http.Get(x.srv.URL + "/api/v1/apps/w/procs/bg/logs?tail=0&follow=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, 64)
+	if n, err := resp.Body.Read(buf); err != nil || !strings.Contains(string(buf[:n]), "tick") {
+		t.Fatalf("follow before draining: %q %v", buf[:n], err)
+	}
+	x.h.StartDraining()
+	done := make(chan error, 1)
+	go func() { _, err := io.Copy(io.Discard, resp.Body); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("follow ended with %v, want a clean end", err)
+		}
+	case <-time.After(20 * time.Second): // a bound, not a speed target: without Draining it never ends
+		t.Fatal("follow still running after the instance started draining")
+	}
 }
 
 func itoa(i int) string { b, _ := json.Marshal(i); return string(b) }
