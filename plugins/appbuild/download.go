@@ -187,6 +187,10 @@ func (p *plugin) buildLog(w http.ResponseWriter, r *http.Request, id string) {
 			return
 		case <-p.stopCtx.Done():
 			return
+		case <-p.draining:
+			// Replaced or unloaded: end the stream so the swap completes
+			// now; the client asks the new instance again.
+			return
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

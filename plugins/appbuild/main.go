@@ -198,6 +198,9 @@ type plugin struct {
 	wg       sync.WaitGroup // runner goroutines
 	stopCtx  context.Context
 	stopAll  context.CancelFunc
+	// draining closes when the host starts draining this instance (hosts
+	// whose sdk.Host has Draining); nil, never ready, otherwise.
+	draining <-chan struct{}
 	// procID identifies this host process, to tell a lease of ours from one
 	// left by a dead process.
 	procID string
@@ -227,6 +230,9 @@ func newPlugin(h sdk.Host) (*plugin, error) {
 	p.logsDir = filepath.Join(p.dataDir, "logs")
 	p.workDir = filepath.Join(p.dataDir, "work")
 	p.stopCtx, p.stopAll = context.WithCancel(context.Background())
+	if d, ok := h.(interface{ Draining() <-chan struct{} }); ok {
+		p.draining = d.Draining()
+	}
 	return p, nil
 }
 

@@ -94,7 +94,15 @@ func newEnv(t *testing.T, extra string) *env { return newEnvWith(t, extra, nil) 
 // newEnvWith is newEnv with mod applied to the config before Start.
 func newEnvWith(t *testing.T, extra string, mod func(*Config)) *env {
 	h := sdktest.NewHost(t, "appbuild.v1")
-	h.ConfigYAML = fmt.Sprintf(`
+	h.ConfigYAML = testConfig(t, extra)
+	p, url := startInstance(t, h, mod)
+	return &env{t: t, url: url, p: p, host: h}
+}
+
+// testConfig is the plugin config of the tests: user admin:guessme and the
+// test recipe for android, plus extra YAML.
+func testConfig(t *testing.T, extra string) string {
+	return fmt.Sprintf(`
 users:
   - name: admin
     password_bcrypt: %q
@@ -106,14 +114,12 @@ recipes:
     env: ["KEYSTORE=%s", "KS_PASS=pass123"]
     timeout: 60s
 %s`, hashOf(t, "guessme"), recipePath(t), keystore(t), extra)
-	p, url := startInstance(t, h, mod)
-	return &env{t: t, url: url, p: p, host: h}
 }
 
 // startInstance starts an instance on h, with mod applied to its config
 // before Start, and serves it until the test ends. A second instance on the
 // same host is what the host does for a swap.
-func startInstance(t *testing.T, h *sdktest.Host, mod func(*Config)) (*plugin, string) {
+func startInstance(t *testing.T, h sdk.Host, mod func(*Config)) (*plugin, string) {
 	t.Helper()
 	p, err := newPlugin(h)
 	if err != nil {
@@ -664,4 +670,48 @@ func TestStopWithoutSuccessorFailsBuild(t *testing.T) {
 	if got.Status != StatusFailed || !strings.Contains(got.Reason, "stopped") {
 		t.Fatalf("unload during build: %+v", got)
 	}
+}
+
+// drainingHost is a host that signals draining (sdk.Host.Draining on hosts
+// that have it).
+type drainingHost struct {
+	*sdktest.Host
+	ch chan struct{}
+}
+
+func (d drainingHost) Draining() <-chan struct{} { return d.ch }
+
+func TestLogFollowEndsWhenDraining(t *testing.T) {
+	h := sdktest.NewHost(t, "appbuild.v1")
+	h.ConfigYAML = testConfig(t, "")
+	dh := drainingHost{h, make(chan struct{})}
+	p, url := startInstance(t, dh, nil)
+	e := &env{t: t, url: url, p: p, host: h}
+	f := e.setup("sleep-30", "huawei")
+	b := e.startBuild(f, "huawei")
+	e.wait(b.ID, 10*time.Second, StatusRunning)
+	waitProc(t, b.ID, "sleep 30") // the recipe has written its first line
+	req, _ := http.NewRequest("GET", e.url+"/api/build/"+b.ID+"/log?follow=1", nil)
+	req.SetBasicAuth("admin", "guessme")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	ended := make(chan string, 1)
+	go func() { b, _ := io.ReadAll(resp.Body); ended <- string(b) }()
+	close(dh.ch)
+	select {
+	case log := <-ended:
+		if !strings.Contains(log, "tag=sleep-30") {
+			t.Fatalf("followed log before draining:\n%s", log)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("log follow still streaming 20s after the instance began draining")
+	}
+	if got := e.wait(b.ID, 0, StatusRunning, StatusQueued, StatusSucceeded, StatusFailed, StatusCanceled); got.Status != StatusRunning {
+		t.Fatalf("the build is %s: the follow must have ended because of draining, not the build", got.Status)
+	}
+	e.do("POST", "/api/build/"+b.ID+"/cancel", "", 202)
+	e.wait(b.ID, 20*time.Second, StatusCanceled)
 }
