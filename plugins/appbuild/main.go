@@ -198,8 +198,8 @@ type plugin struct {
 	wg       sync.WaitGroup // runner goroutines
 	stopCtx  context.Context
 	stopAll  context.CancelFunc
-	// draining closes when the host starts draining this instance (hosts
-	// whose sdk.Host has Draining); nil, never ready, otherwise.
+	// draining closes when the host starts draining this instance (a swap
+	// or unload): log follows end so the swap completes at once.
 	draining <-chan struct{}
 	// procID identifies this host process, to tell a lease of ours from one
 	// left by a dead process.
@@ -230,9 +230,7 @@ func newPlugin(h sdk.Host) (*plugin, error) {
 	p.logsDir = filepath.Join(p.dataDir, "logs")
 	p.workDir = filepath.Join(p.dataDir, "work")
 	p.stopCtx, p.stopAll = context.WithCancel(context.Background())
-	if d, ok := h.(interface{ Draining() <-chan struct{} }); ok {
-		p.draining = d.Draining()
-	}
+	p.draining = h.Draining()
 	return p, nil
 }
 

@@ -672,20 +672,10 @@ func TestStopWithoutSuccessorFailsBuild(t *testing.T) {
 	}
 }
 
-// drainingHost is a host that signals draining (sdk.Host.Draining on hosts
-// that have it).
-type drainingHost struct {
-	*sdktest.Host
-	ch chan struct{}
-}
-
-func (d drainingHost) Draining() <-chan struct{} { return d.ch }
-
 func TestLogFollowEndsWhenDraining(t *testing.T) {
 	h := sdktest.NewHost(t, "appbuild.v1")
 	h.ConfigYAML = testConfig(t, "")
-	dh := drainingHost{h, make(chan struct{})}
-	p, url := startInstance(t, dh, nil)
+	p, url := startInstance(t, h, nil)
 	e := &env{t: t, url: url, p: p, host: h}
 	f := e.setup("sleep-30", "huawei")
 	b := e.startBuild(f, "huawei")
@@ -700,7 +690,7 @@ func TestLogFollowEndsWhenDraining(t *testing.T) {
 	defer resp.Body.Close()
 	ended := make(chan string, 1)
 	go func() { b, _ := io.ReadAll(resp.Body); ended <- string(b) }()
-	close(dh.ch)
+	h.StartDraining()
 	select {
 	case log := <-ended:
 		if !strings.Contains(log, "tag=sleep-30") {
