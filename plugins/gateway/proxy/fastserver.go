@@ -273,6 +273,9 @@ func (s *Server) serveConn(fc *fconn) {
 			hijacked = true
 			return
 		}
+		if w.dlLost {
+			dlAt = time.Time{}
+		}
 		if err := w.finish(); err != nil {
 			return
 		}
@@ -305,11 +308,34 @@ type fastWriter struct {
 	closeAfter bool
 	hijacked   bool
 	err        error
+	dlLost     bool // watch changed the connection's read deadline
+}
+
+// watch watches the client connection for a disconnect while the handler
+// waits for an upstream (nothing else reads the connection then): cancel
+// runs when the client closes or resets it. Data from the client (a
+// pipelined request) ends the watch without cancel. stop ends the watch
+// and returns once the watcher is gone.
+func (w *fastWriter) watch(cancel func()) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer func() { _ = recover() }()
+		if _, err := w.br.Peek(1); err != nil && !isTimeout(err) {
+			cancel()
+		}
+	}()
+	return func() {
+		w.conn.SetReadDeadline(aLongTimeAgo)
+		<-done
+		w.conn.SetReadDeadline(time.Time{})
+		w.dlLost = true
+	}
 }
 
 func (w *fastWriter) reset(r *http.Request) {
 	clear(w.h)
-	w.req, w.status, w.wrote, w.chunked, w.noBody, w.closeAfter, w.err = r, 0, false, false, false, false, nil
+	w.req, w.status, w.wrote, w.chunked, w.noBody, w.closeAfter, w.err, w.dlLost = r, 0, false, false, false, false, nil, false
 	w.cl, w.n = -1, 0
 }
 

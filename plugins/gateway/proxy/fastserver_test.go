@@ -169,3 +169,92 @@ func TestServerShortUpstreamBodyClosesConnection(t *testing.T) {
 		t.Fatalf("got %q", all)
 	}
 }
+
+// A client that disconnects while the upstream is still working cancels
+// the upstream request: the gateway closes the upstream connection (the
+// upstream's request context ends) instead of waiting for the answer.
+func TestClientGoneCancelsUpstream(t *testing.T) {
+	for _, engine := range []string{"fast", "std"} {
+		t.Run(engine, func(t *testing.T) {
+			started := make(chan struct{}, 1)
+			canceled := make(chan bool, 1)
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/quick" {
+					io.WriteString(w, "quick")
+					return
+				}
+				started <- struct{}{}
+				select {
+				case <-r.Context().Done():
+					canceled <- true
+				case <-time.After(20 * time.Second):
+					canceled <- false
+				}
+			}))
+			defer up.Close()
+			g := New(Options{})
+			defer g.Close()
+			if err := g.SetConfig("svc", conf.Default(), true); err != nil {
+				t.Fatal(err)
+			}
+			if err := g.SetInstances("svc", []sdk.Instance{{ID: "u", Address: strings.TrimPrefix(up.URL, "http://")}}); err != nil {
+				t.Fatal(err)
+			}
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var srv interface {
+				Serve(net.Listener) error
+				Shutdown(context.Context) error
+			} = &Server{Handler: g}
+			if engine == "std" {
+				srv = &http.Server{Handler: g}
+			}
+			go srv.Serve(ln)
+			defer func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				srv.Shutdown(ctx)
+			}()
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			// a quick exchange first: the slow one then runs on a kept-alive
+			// connection of both sides, as under load
+			io.WriteString(c, "GET /svc/quick HTTP/1.1\r\nHost: x\r\n\r\n")
+			br := bufio.NewReader(c)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.ReadAll(resp.Body)
+			io.WriteString(c, "GET /svc/slow HTTP/1.1\r\nHost: x\r\n\r\n")
+			select {
+			case <-started:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the upstream never got the request")
+			}
+			c.Close()
+			select {
+			case ok := <-canceled:
+				if !ok {
+					t.Fatal("the upstream request was not canceled")
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the upstream request was not canceled within 10s of the client's disconnect")
+			}
+			// the gateway still serves
+			resp, err = http.Get("http://" + ln.Addr().String() + "/svc/quick")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(b) != "quick" {
+				t.Fatalf("after the cancel: %q", b)
+			}
+		})
+	}
+}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -33,6 +35,7 @@ type h1Conn struct {
 	bw *bufio.Writer
 	rr rawResp    // the head of the current exchange, when relayed raw
 	ex h1Exchange // the current exchange (a connection serves one at a time)
+	dl time.Time  // read deadline in place (zero: none), see awaitAnswer
 }
 
 func newH1Pool(addr string, dialTimeout time.Duration, maxIdle int) *h1Pool {
@@ -106,6 +109,74 @@ type outReq struct {
 	body                   io.Reader
 	cl                     int64 // body length, -1 unknown (chunked)
 	ctx                    context.Context
+	// client, when set, is watched for a disconnect while the upstream
+	// is slow to answer (the fast engine has no per-request context)
+	client *fastWriter
+}
+
+// errClientGone: the client closed its connection while the upstream
+// had not answered yet; the upstream connection was closed (which cancels
+// the request there).
+var errClientGone = errors.New("client closed the connection")
+
+// Slow answers: awaitAnswer starts watching the client when the upstream
+// has not begun to answer after between slowMin and slowMax. The read
+// deadline that notices it is renewed only when less than slowMin of it is
+// left, so a busy connection sets it once per slowMax-slowMin, not once
+// per request.
+const (
+	slowMin = 20 * time.Millisecond
+	slowMax = 100 * time.Millisecond
+)
+
+// awaitAnswer waits for the first byte of the upstream's answer on c. With
+// client set, it watches the client from the moment the answer is slow,
+// and closes the upstream connection when the client goes away.
+func (c *h1Conn) awaitAnswer(client *fastWriter) error {
+	if client == nil {
+		_, err := c.br.Peek(1)
+		return err
+	}
+	if now := time.Now(); c.dl.IsZero() || c.dl.Sub(now) < slowMin {
+		c.dl = now.Add(slowMax)
+		c.c.SetReadDeadline(c.dl)
+	}
+	var gone atomic.Bool
+	var stop func()
+	for {
+		_, err := c.br.Peek(1)
+		if err != nil && stop == nil && isTimeout(err) {
+			// slow: watch the client, wait without deadline
+			c.c.SetReadDeadline(time.Time{})
+			c.dl = time.Time{}
+			stop = client.watch(func() {
+				gone.Store(true)
+				c.c.SetReadDeadline(aLongTimeAgo)
+			})
+			continue
+		}
+		if stop != nil {
+			stop()
+		}
+		if gone.Load() {
+			return errClientGone
+		}
+		return err
+	}
+}
+
+// clearDeadline removes awaitAnswer's deadline before reads that may
+// take long (a body beyond what is buffered, the general parser).
+func (c *h1Conn) clearDeadline() {
+	if !c.dl.IsZero() {
+		c.c.SetReadDeadline(time.Time{})
+		c.dl = time.Time{}
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // the X-Forwarded headers come from outReq, not from the header map
@@ -247,20 +318,27 @@ func (p *h1Pool) roundTrip(o *outReq, fresh, raw bool) (*http.Response, *h1Excha
 		}
 		return nil, nil, err
 	}
+	if err := c.awaitAnswer(o.client); err != nil {
+		ex.done(false)
+		if err != errClientGone && reused && ctx.Err() == nil && (err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)) {
+			return nil, nil, errStale
+		}
+		return nil, nil, err
+	}
 	if raw {
+		if b, _ := c.br.Peek(c.br.Buffered()); !bytes.Contains(b, crlf2) {
+			c.clearDeadline()
+		}
 		head, ok, err := peekHead(c.br)
 		if err == nil && ok && parseRespFast(head, o.method, &c.rr) {
+			if int64(c.br.Buffered()) < int64(c.rr.head)+c.rr.cl {
+				c.clearDeadline() // the body is still to be read
+			}
 			ex.raw = &c.rr
 			return nil, ex, nil
 		}
-		if err != nil && c.br.Buffered() == 0 {
-			ex.done(false)
-			if reused && ctx.Err() == nil && (err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)) {
-				return nil, nil, errStale
-			}
-			return nil, nil, err
-		}
 	}
+	c.clearDeadline()
 	out := &http.Request{Method: o.method}
 	for {
 		resp, err := http.ReadResponse(c.br, out)

@@ -69,7 +69,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if fw, ok := w.(*fastWriter); ok {
 		// the fast engine's writer records the status itself
-		g.serveService(fw, r, s, key)
+		g.serveService(fw, r, s, key, fw)
 		st := fw.status
 		if st == 0 && fw.hijacked {
 			st = http.StatusSwitchingProtocols
@@ -78,7 +78,7 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sw := &statusWriter{ResponseWriter: w}
-	g.serveService(sw, r, s, key)
+	g.serveService(sw, r, s, key, nil)
 	s.m.observe(sw.status, time.Since(start))
 }
 
@@ -123,7 +123,8 @@ func clientIP(r *http.Request) string {
 	return host
 }
 
-func (g *Gateway) serveService(w http.ResponseWriter, r *http.Request, s *Service, key string) {
+// client is the fast engine's writer of the connection (nil with net/http).
+func (g *Gateway) serveService(w http.ResponseWriter, r *http.Request, s *Service, key string, client *fastWriter) {
 	sn := s.load()
 	if len(sn.ups) == 0 {
 		writeError(w, http.StatusServiceUnavailable, "service "+strconv.Quote(key)+" has no instances")
@@ -168,12 +169,12 @@ func (g *Gateway) serveService(w http.ResponseWriter, r *http.Request, s *Servic
 		defer sess.End()
 		if f, ok := sess.SLP().(sdk.Filter); ok {
 			f.Filter(w, r, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				g.forward(w, r, s, sn, key, ip)
+				g.forward(w, r, s, sn, key, ip, client)
 			}))
 			return
 		}
 	}
-	g.forward(w, r, s, sn, key, ip)
+	g.forward(w, r, s, sn, key, ip, client)
 }
 
 // hop-by-hop headers, removed in both directions (RFC 9110 7.6.1).
@@ -234,7 +235,7 @@ func (g *Gateway) outPath(p string, sn *snapshot, key string) string {
 
 var emptyUA = []string{""}
 
-func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn *snapshot, key, ip string) {
+func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn *snapshot, key, ip string, client *fastWriter) {
 	if isUpgrade(r) {
 		g.forwardUpgrade(w, r, s, sn, key, ip)
 		return
@@ -294,7 +295,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 	}
 	o := outReq{method: r.Method, path: (&url.URL{Path: path, RawPath: rawPath}).EscapedPath(),
 		rawQuery: r.URL.RawQuery, host: r.Host, header: h, xff: xff, xproto: xproto,
-		cl: r.ContentLength, ctx: r.Context()}
+		cl: r.ContentLength, ctx: r.Context(), client: client}
 	// The answer is relayed without an http.Response when it goes
 	// straight to the fast engine's writer (no SLP filter in between)
 	// and nothing set response headers yet.
@@ -350,8 +351,12 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 		canRetry := attempts <= sn.retries && replayable
 		if err != nil {
 			u.inflight.Add(-1)
-			if r.Context().Err() != nil {
+			if r.Context().Err() != nil || err == errClientGone {
 				done(breaker.ErrExcluded)
+				if client != nil {
+					// nothing more is written; 499 as nginx counts it
+					client.status, client.err = 499, errClientGone
+				}
 				return // client went away
 			}
 			done(err)
