@@ -809,6 +809,7 @@ func (d *Local) stopInst(ctx context.Context, p *proc, in *inst) error {
 	delete(p.insts, r.ID)
 	d.mu.Unlock()
 	d.freePort(r.Port)
+	d.pruneLogs(r.App)
 	return err
 }
 

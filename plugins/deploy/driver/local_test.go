@@ -577,3 +577,40 @@ func TestCrashKillsLeftovers(t *testing.T) {
 		t.Fatalf("mode %s with cgroups %v", d.LimitsMode(), cgs)
 	}
 }
+
+// Stopped instances keep their logs up to keepStoppedLogs (newest first);
+// live instances keep theirs whatever their age.
+func TestPruneLogsKeepsLiveAndNewest(t *testing.T) {
+	h := sdktest.NewHost(t, "deploy.v1")
+	d := NewLocal(LocalConfig{Store: h.Store(), Services: h.Services(), Logger: h.Logger(), Go: h.Go, DataDir: h.DataDir()})
+	dir := filepath.Join(h.DataDir(), "logs", "shop")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	touch := func(name string, age time.Duration) {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("x\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		os.Chtimes(p, old.Add(age), old.Add(age))
+	}
+	touch("web-1.log", 0) // live, oldest of all
+	d.procs = map[string]*proc{"shop/web": {rec: procRecord{Spec: Spec{App: "shop", Proc: "web"}}, insts: map[string]*inst{"web-1": {}}}}
+	for i := 2; i <= keepStoppedLogs+6; i++ {
+		touch(fmt.Sprintf("web-%d.log", i), time.Duration(i)*time.Second)
+		touch(fmt.Sprintf("web-%d.log.1", i), time.Duration(i)*time.Second)
+	}
+	d.pruneLogs("shop")
+	for i := 1; i <= keepStoppedLogs+6; i++ {
+		_, err := os.Stat(filepath.Join(dir, fmt.Sprintf("web-%d.log", i)))
+		kept := err == nil
+		want := i == 1 || i > 6 // live, or among the newest keepStoppedLogs stopped
+		if kept != want {
+			t.Errorf("web-%d.log kept=%v, want %v", i, kept, want)
+		}
+		if _, err := os.Stat(filepath.Join(dir, fmt.Sprintf("web-%d.log.1", i))); i > 1 && (err == nil) != want {
+			t.Errorf("web-%d.log.1 kept=%v, want %v", i, err == nil, want)
+		}
+	}
+}

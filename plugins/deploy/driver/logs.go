@@ -7,7 +7,10 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
+	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -240,6 +243,65 @@ func (d *Local) rotateLogs() {
 		if st, err := os.Stat(path); err == nil && st.Size() > d.cfg.LogMaxSize {
 			if err := rotate(path, d.cfg.LogKeep); err != nil {
 				d.log().Warnf("driver: rotate %s: %v", path, err)
+			}
+		}
+	}
+}
+
+// keepStoppedLogs is how many stopped instances of an app keep their log
+// files, to look into a crash or a rollout after the fact. Older ones are
+// removed: every scale-down and rollout stops instances for good, and their
+// logs would otherwise fill the disk.
+const keepStoppedLogs = 20
+
+// pruneLogs removes the log files (with their rotations) of all but the
+// keepStoppedLogs most recently written stopped instances of app.
+func (d *Local) pruneLogs(app string) {
+	dir := filepath.Join(d.cfg.DataDir, "logs", app)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	live := map[string]bool{}
+	d.mu.Lock()
+	for _, p := range d.procs {
+		if p.rec.Spec.App == app {
+			for id := range p.insts {
+				live[id] = true
+			}
+		}
+	}
+	d.mu.Unlock()
+	type logSet struct {
+		newest time.Time
+		files  []string
+	}
+	sets := map[string]*logSet{}
+	for _, e := range entries {
+		id, _, ok := strings.Cut(e.Name(), ".log")
+		info, err := e.Info()
+		if !ok || live[id] || err != nil || !info.Mode().IsRegular() {
+			continue
+		}
+		s := sets[id]
+		if s == nil {
+			s = &logSet{}
+			sets[id] = s
+		}
+		s.files = append(s.files, filepath.Join(dir, e.Name()))
+		if info.ModTime().After(s.newest) {
+			s.newest = info.ModTime()
+		}
+	}
+	ids := make([]string, 0, len(sets))
+	for id := range sets {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return sets[ids[i]].newest.After(sets[ids[j]].newest) })
+	for _, id := range ids[min(len(ids), keepStoppedLogs):] {
+		for _, f := range sets[id].files {
+			if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
+				d.log().Warnf("driver: remove old log %s: %v", f, err)
 			}
 		}
 	}
