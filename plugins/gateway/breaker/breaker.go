@@ -69,3 +69,38 @@ func New(name string, c conf.Breaker, onChange func(from, to State)) (*Breaker, 
 	}
 	return gobreaker.NewTwoStepCircuitBreaker[struct{}](st), nil
 }
+
+// errCarried is the failure Carry reports to a new breaker.
+var errCarried = errors.New("breaker: state carried over from the previous settings")
+
+// Carry passes old's state on to nb, a breaker built with new settings c
+// for the same instance, so that a settings change does not silently
+// close a breaker:
+//   - old open or half-open (the instance has not proved healthy again):
+//     nb starts open, for c's open_timeout counted from now, then
+//     half-opens as usual;
+//   - old closed: nb gets old's streak of consecutive failures, so it
+//     opens once the streak reaches c.MaxFailures (at once if it already
+//     has).
+//
+// gobreaker has no way to set a state, so nb is driven there by reported
+// failures; with c.MaxFailures 0 (tripping off) nb stays closed.
+func Carry(old, nb *Breaker, c conf.Breaker) {
+	if old == nil || c.MaxFailures == 0 {
+		return
+	}
+	var n uint32
+	switch old.State() {
+	case Open, HalfOpen:
+		n = c.MaxFailures
+	default:
+		n = min(old.Counts().ConsecutiveFailures, c.MaxFailures)
+	}
+	for i := uint32(0); i < n && nb.State() == Closed; i++ {
+		done, err := nb.Allow()
+		if err != nil {
+			return
+		}
+		done(errCarried)
+	}
+}

@@ -181,8 +181,10 @@ func (g *Gateway) Remove(name string) {
 
 // SetConfig applies a service's config to live traffic: a limiter change
 // replaces the service's token bucket, a breaker change rebuilds every
-// instance's breaker (closed), a reverse-proxy change a new connection
-// pool, a strategy change a new balancer.
+// instance's breaker with the new settings, carrying its state over (an
+// open or half-open breaker stays open for the new open_timeout, a closed
+// one keeps its streak of failures: see breaker.Carry), a reverse-proxy
+// change a new connection pool, a strategy change a new balancer.
 func (g *Gateway) SetConfig(name string, cfg conf.Service, isDefault bool) error {
 	if err := cfg.Normalize(); err != nil {
 		return err
@@ -232,6 +234,7 @@ func (g *Gateway) setBreaker(service string, u *Upstream, c conf.Breaker) error 
 	if err != nil {
 		return err
 	}
+	breaker.Carry(u.br.Load(), b, c)
 	u.br.Store(b)
 	return nil
 }
