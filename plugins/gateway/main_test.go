@@ -322,6 +322,13 @@ func TestDataPlane(t *testing.T) {
 	}
 	// metrics
 	mresp, _ := http.Get(f.mgmt.URL + "/metrics")
+	mresp.Body.Close()
+	if mresp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("metrics without the password: %d", mresp.StatusCode)
+	}
+	mreq, _ := http.NewRequest("GET", f.mgmt.URL+"/metrics", nil)
+	mreq.Header.Set("Authorization", f.auth)
+	mresp, _ = http.DefaultClient.Do(mreq)
 	mb, _ := io.ReadAll(mresp.Body)
 	mresp.Body.Close()
 	for _, want := range []string{`gateway_requests_total{code="200",service="svc"}`, `gateway_upstream_breaker_state{instance="a",service="svc"}`,

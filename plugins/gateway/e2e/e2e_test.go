@@ -618,16 +618,37 @@ func TestGateway(t *testing.T) {
 
 	t.Run("metrics", func(t *testing.T) {
 		g.t = t
-		resp, err := g.c.Get(h.URL + "/gateway/v1/metrics")
-		if err != nil {
-			t.Fatal(err)
+		// the management password guards the metrics too: 401 without it,
+		// 200 with md5(password) bare or as a bearer token (Prometheus)
+		scrape := func(auth string) (int, string) {
+			req, _ := http.NewRequest("GET", h.URL+"/gateway/v1/metrics", nil)
+			if auth != "" {
+				req.Header.Set("Authorization", auth)
+			}
+			resp, err := g.c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			return resp.StatusCode, string(b)
 		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		for _, auth := range []string{"", md5hex("wrong"), "Bearer " + md5hex("wrong")} {
+			if st, body := scrape(auth); st != http.StatusUnauthorized || strings.Contains(body, "gateway_requests_total") {
+				t.Fatalf("metrics with Authorization %q: %d %.80s", auth, st, body)
+			}
+		}
+		if st, _ := scrape("Bearer " + md5hex(password)); st != http.StatusOK {
+			t.Fatalf("metrics with the bearer password: %d", st)
+		}
+		st, body := scrape(md5hex(password))
+		if st != http.StatusOK {
+			t.Fatalf("metrics with the password: %d", st)
+		}
 		for _, want := range []string{`gateway_requests_total{code="200",service="test"}`, `gateway_requests_total{code="429",service="test"}`,
 			`gateway_request_duration_seconds_bucket{service="test"`, `gateway_upstream_breaker_state{instance="bad",service="flaky"} 0`,
 			`gateway_rate_limited_total{service="test"}`, `gateway_program_rejections_total{service="test"} 2`} {
-			if !strings.Contains(string(body), want) {
+			if !strings.Contains(body, want) {
 				t.Errorf("metrics lack %s", want)
 			}
 		}

@@ -31,12 +31,17 @@ type API struct {
 func New(c *control.Control, passwordHash string) *API {
 	a := &API{c: c, pwHash: strings.ToLower(strings.TrimSpace(passwordHash))}
 	a.mux = map[string]map[string]http.HandlerFunc{
-		"/management/config":                 {"GET": a.getConfig},
-		"/management/config/load_balance":    {"PUT": a.putLoadBalance},
-		"/management/config/rate_limiter":    {"PUT": a.putRateLimiter},
-		"/management/config/breaker":         {"PUT": a.putBreaker},
-		"/management/config/reverse_proxy":   {"PUT": a.putReverseProxy},
-		"/management/config/slp":             {"PUT": a.putSLP},
+		"/management/config": {"GET": a.getConfig},
+		"/management/config/load_balance": {"PUT": putSection(a, validStrategy,
+			func(c *conf.Service, v conf.LoadBalance) { c.LoadBalance = v })},
+		"/management/config/rate_limiter": {"PUT": putSection(a, nil,
+			func(c *conf.Service, v conf.RateLimiter) { c.RateLimiter = v })},
+		"/management/config/breaker": {"PUT": putSection(a, nil,
+			func(c *conf.Service, v conf.Breaker) { c.Breaker = v })},
+		"/management/config/reverse_proxy": {"PUT": putSection(a, nil,
+			func(c *conf.Service, v conf.ReverseProxy) { c.ReverseProxy = v })},
+		"/management/config/slp": {"PUT": putSection(a, nil,
+			func(c *conf.Service, v slpConfig) { c.SLP = v.Name })},
 		"/management/program/variable":       {"GET": a.getVars, "PUT": a.putVar, "DELETE": a.delVar},
 		"/management/program/info":           {"GET": a.getPrograms, "PUT": a.putProgram, "DELETE": a.delProgram},
 		"/management/upstream/service/names": {"GET": a.names},
@@ -79,6 +84,11 @@ func failErr(w http.ResponseWriter, err error, service string) {
 // ServeHTTP routes a request; the host has stripped /gateway/v1.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/metrics" && r.Method == http.MethodGet {
+		// the metrics name every service and instance: same password
+		if !a.authorized(r) {
+			fail(w, http.StatusUnauthorized, "unauthorized: the Authorization header must be md5(password)")
+			return
+		}
 		a.c.GW.Metrics().ServeHTTP(w, r)
 		return
 	}
@@ -105,12 +115,18 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // authorized checks Authorization = md5(password) against the configured
-// md5(md5(password)), in constant time.
+// md5(md5(password)), in constant time. "Bearer <md5(password)>" is taken
+// too: it is what Prometheus can send (its scrape configs may not set an
+// Authorization header of their own, only credentials with a type).
 func (a *API) authorized(r *http.Request) bool {
 	if a.pwHash == "" {
 		return true
 	}
-	got := strings.ToLower(strings.TrimSpace(r.Header.Get("Authorization")))
+	got := strings.TrimSpace(r.Header.Get("Authorization"))
+	if len(got) > 7 && strings.EqualFold(got[:7], "bearer ") {
+		got = strings.TrimSpace(got[7:])
+	}
+	got = strings.ToLower(got)
 	sum := md5.Sum([]byte(got))
 	want, err := hex.DecodeString(a.pwHash)
 	if err != nil || len(want) != len(sum) {
@@ -160,88 +176,43 @@ func (a *API) update(w http.ResponseWriter, r *http.Request, name string, edit f
 	ok(w, nil)
 }
 
-func (a *API) putLoadBalance(w http.ResponseWriter, r *http.Request) {
-	var body struct {
-		ServiceName string            `json:"service_name"`
-		Config      *conf.LoadBalance `json:"config"`
-	}
-	if !decode(w, r, &body) {
-		return
-	}
-	if body.Config == nil {
-		fail(w, http.StatusBadRequest, "config is required")
-		return
-	}
-	if _, err := conf.NormalizeStrategy(body.Config.Strategy); err != nil || body.Config.Strategy == "" {
-		if err == nil {
-			err = errors.New("config.strategy is required")
+// putSection returns the handler of a PUT /management/config/<section>
+// body {"service_name": ..., "config": <T>}: the config is required,
+// checked by valid (nil: any) and stored into the service's config by set.
+func putSection[T any](a *API, valid func(*T) error, set func(*conf.Service, T)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			ServiceName string `json:"service_name"`
+			Config      *T     `json:"config"`
 		}
-		fail(w, http.StatusBadRequest, "%v", err)
-		return
+		if !decode(w, r, &body) {
+			return
+		}
+		if body.Config == nil {
+			fail(w, http.StatusBadRequest, "config is required")
+			return
+		}
+		if valid != nil {
+			if err := valid(body.Config); err != nil {
+				fail(w, http.StatusBadRequest, "%v", err)
+				return
+			}
+		}
+		a.update(w, r, body.ServiceName, func(c *conf.Service) { set(c, *body.Config) })
 	}
-	a.update(w, r, body.ServiceName, func(c *conf.Service) { c.LoadBalance = *body.Config })
 }
 
-func (a *API) putRateLimiter(w http.ResponseWriter, r *http.Request) {
-	var body struct {
-		ServiceName string            `json:"service_name"`
-		Config      *conf.RateLimiter `json:"config"`
+func validStrategy(lb *conf.LoadBalance) error {
+	if lb.Strategy == "" {
+		return errors.New("config.strategy is required")
 	}
-	if !decode(w, r, &body) {
-		return
-	}
-	if body.Config == nil {
-		fail(w, http.StatusBadRequest, "config is required")
-		return
-	}
-	a.update(w, r, body.ServiceName, func(c *conf.Service) { c.RateLimiter = *body.Config })
+	_, err := conf.NormalizeStrategy(lb.Strategy)
+	return err
 }
 
-func (a *API) putBreaker(w http.ResponseWriter, r *http.Request) {
-	var body struct {
-		ServiceName string        `json:"service_name"`
-		Config      *conf.Breaker `json:"config"`
-	}
-	if !decode(w, r, &body) {
-		return
-	}
-	if body.Config == nil {
-		fail(w, http.StatusBadRequest, "config is required")
-		return
-	}
-	a.update(w, r, body.ServiceName, func(c *conf.Service) { c.Breaker = *body.Config })
-}
-
-func (a *API) putReverseProxy(w http.ResponseWriter, r *http.Request) {
-	var body struct {
-		ServiceName string             `json:"service_name"`
-		Config      *conf.ReverseProxy `json:"config"`
-	}
-	if !decode(w, r, &body) {
-		return
-	}
-	if body.Config == nil {
-		fail(w, http.StatusBadRequest, "config is required")
-		return
-	}
-	a.update(w, r, body.ServiceName, func(c *conf.Service) { c.ReverseProxy = *body.Config })
-}
-
-func (a *API) putSLP(w http.ResponseWriter, r *http.Request) {
-	var body struct {
-		ServiceName string `json:"service_name"`
-		Config      *struct {
-			Name string `json:"name"`
-		} `json:"config"`
-	}
-	if !decode(w, r, &body) {
-		return
-	}
-	if body.Config == nil {
-		fail(w, http.StatusBadRequest, "config is required")
-		return
-	}
-	a.update(w, r, body.ServiceName, func(c *conf.Service) { c.SLP = body.Config.Name })
+// slpConfig is the body of PUT /management/config/slp.
+type slpConfig struct {
+	Name string `json:"name"`
 }
 
 func (a *API) getVars(w http.ResponseWriter, r *http.Request) { ok(w, a.c.Variables()) }
