@@ -25,10 +25,10 @@ var crlf2 = []byte("\r\n\r\n")
 
 // peekHead returns the buffered request head (through its blank line)
 // without consuming it, reading more from the connection while the head is
-// incomplete and the buffer has room. ok is false when the head does not
-// fit the buffer (the caller falls back to http.ReadRequest); err is a read
-// error.
-func peekHead(br *bufio.Reader) (head []byte, ok bool, err error) {
+// incomplete and the buffer has room; before the first such read it calls
+// more (if not nil). ok is false when the head does not fit the buffer
+// (the caller falls back to http.ReadRequest); err is a read error.
+func peekHead(br *bufio.Reader, more func()) (head []byte, ok bool, err error) {
 	for {
 		b, _ := br.Peek(br.Buffered())
 		if i := bytes.Index(b, crlf2); i >= 0 {
@@ -36,6 +36,10 @@ func peekHead(br *bufio.Reader) (head []byte, ok bool, err error) {
 		}
 		if br.Buffered() >= br.Size() {
 			return nil, false, nil
+		}
+		if more != nil {
+			more()
+			more = nil
 		}
 		if _, err := br.Peek(br.Buffered() + 1); err != nil {
 			if br.Buffered() > 0 && (err == io.EOF || errors.Is(err, bufio.ErrBufferFull)) {

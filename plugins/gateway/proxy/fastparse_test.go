@@ -167,7 +167,7 @@ func TestFastEngineMatchesStd(t *testing.T) {
 // when parseFast declined.
 func parseBoth(t testing.TB, raw string) (fast, std *http.Request, stdErr error) {
 	br := bufio.NewReaderSize(strings.NewReader(raw), 4096)
-	head, ok, err := peekHead(br)
+	head, ok, err := peekHead(br, nil)
 	if err == nil && ok {
 		if fast = parseFast(head, br); fast != nil {
 			br.Discard(len(head))
@@ -295,7 +295,7 @@ func FuzzParseRespFast(f *testing.F) {
 			method = http.MethodHead
 		}
 		br := bufio.NewReaderSize(strings.NewReader(raw), 4096)
-		h, ok, err := peekHead(br)
+		h, ok, err := peekHead(br, nil)
 		var rr rawResp
 		if err != nil || !ok || !parseRespFast(h, method, &rr) {
 			return

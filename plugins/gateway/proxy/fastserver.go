@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -218,7 +217,11 @@ func (s *Server) serveConn(fc *fconn) {
 			return
 		}
 		if br.Buffered() == 0 {
-			if now := time.Now(); dlAt.IsZero() || now.Sub(dlAt) > time.Second {
+			now := w.end // when the last request ended, if the handler said
+			if now.IsZero() {
+				now = time.Now()
+			}
+			if dlAt.IsZero() || now.Sub(dlAt) > time.Second {
 				c.SetReadDeadline(now.Add(idle))
 				dlAt = now
 			}
@@ -229,12 +232,11 @@ func (s *Server) serveConn(fc *fconn) {
 		}
 		fc.idle.Store(false)
 		var req *http.Request
-		if b, _ := br.Peek(br.Buffered()); !bytes.Contains(b, crlf2) {
+		head, ok, err := peekHead(br, func() {
 			// the head is still arriving: it gets ReadHeaderTimeout
 			c.SetReadDeadline(time.Now().Add(hdrTO))
 			dlAt = time.Time{}
-		}
-		head, ok, err := peekHead(br)
+		})
 		if err == nil && ok {
 			if req = parseFast(head, br); req != nil {
 				br.Discard(len(head))
@@ -309,6 +311,9 @@ type fastWriter struct {
 	hijacked   bool
 	err        error
 	dlLost     bool // watch changed the connection's read deadline
+	// start and end of the request as the Gateway measured them (saves
+	// the server and the upstream pool clock reads); zero if unknown
+	start, end time.Time
 }
 
 // watch watches the client connection for a disconnect while the handler
@@ -336,6 +341,7 @@ func (w *fastWriter) watch(cancel func()) (stop func()) {
 func (w *fastWriter) reset(r *http.Request) {
 	clear(w.h)
 	w.req, w.status, w.wrote, w.chunked, w.noBody, w.closeAfter, w.err, w.dlLost = r, 0, false, false, false, false, nil, false
+	w.start, w.end = time.Time{}, time.Time{}
 	w.cl, w.n = -1, 0
 }
 

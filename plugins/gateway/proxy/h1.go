@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -137,7 +136,11 @@ func (c *h1Conn) awaitAnswer(client *fastWriter) error {
 		_, err := c.br.Peek(1)
 		return err
 	}
-	if now := time.Now(); c.dl.IsZero() || c.dl.Sub(now) < slowMin {
+	now := client.start
+	if now.IsZero() {
+		now = time.Now()
+	}
+	if c.dl.IsZero() || c.dl.Sub(now) < slowMin {
 		c.dl = now.Add(slowMax)
 		c.c.SetReadDeadline(c.dl)
 	}
@@ -326,10 +329,7 @@ func (p *h1Pool) roundTrip(o *outReq, fresh, raw bool) (*http.Response, *h1Excha
 		return nil, nil, err
 	}
 	if raw {
-		if b, _ := c.br.Peek(c.br.Buffered()); !bytes.Contains(b, crlf2) {
-			c.clearDeadline()
-		}
-		head, ok, err := peekHead(c.br)
+		head, ok, err := peekHead(c.br, c.clearDeadline)
 		if err == nil && ok && parseRespFast(head, o.method, &c.rr) {
 			if int64(c.br.Buffered()) < int64(c.rr.head)+c.rr.cl {
 				c.clearDeadline() // the body is still to be read

@@ -69,12 +69,14 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if fw, ok := w.(*fastWriter); ok {
 		// the fast engine's writer records the status itself
+		fw.start = start
 		g.serveService(fw, r, s, key, fw)
 		st := fw.status
 		if st == 0 && fw.hijacked {
 			st = http.StatusSwitchingProtocols
 		}
-		s.m.observe(st, time.Since(start))
+		fw.end = time.Now()
+		s.m.observe(st, fw.end.Sub(start))
 		return
 	}
 	sw := &statusWriter{ResponseWriter: w}
