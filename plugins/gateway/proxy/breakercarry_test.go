@@ -3,12 +3,10 @@ package proxy
 import (
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/plugd/plugd/plugins/gateway/conf"
-	"github.com/plugd/plugd/sdk"
 )
 
 // Changing breaker settings keeps each instance's breaker state: an open
@@ -21,17 +19,10 @@ func TestBreakerSettingsChangeKeepsState(t *testing.T) {
 		}
 	}))
 	defer up.Close()
-	g := New(Options{})
-	defer g.Close()
 	cfg := conf.Default()
 	cfg.ReverseProxy.RetryCount = 0
 	cfg.Breaker = conf.Breaker{MaxFailures: 2, HalfOpenMaxRequests: 1, OpenTimeout: "1h"}
-	if err := g.SetConfig("svc", cfg, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.SetInstances("svc", []sdk.Instance{{ID: "u", Address: strings.TrimPrefix(up.URL, "http://")}}); err != nil {
-		t.Fatal(err)
-	}
+	g := testGateway(t, up, cfg)
 	get := func() int {
 		rec := httptest.NewRecorder()
 		g.ServeHTTP(rec, httptest.NewRequest("GET", "/svc/x", nil))

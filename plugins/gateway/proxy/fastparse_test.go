@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/plugd/plugd/plugins/gateway/conf"
-	"github.com/plugd/plugd/sdk"
 )
 
 // seen is what the upstream observed of a request.
@@ -66,34 +64,11 @@ func TestFastEngineMatchesStd(t *testing.T) {
 		w.Write([]byte("body of " + r.URL.Path))
 	}))
 	defer up.Close()
-	g := New(Options{})
 	cfg := conf.Default()
 	cfg.ReverseProxy.RetryCount = 0
-	if err := g.SetConfig("svc", cfg, true); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.SetInstances("svc", []sdk.Instance{{ID: "u", Address: strings.TrimPrefix(up.URL, "http://")}}); err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
-	serve := func(srv interface {
-		Serve(net.Listener) error
-		Shutdown(context.Context) error
-	}) string {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		go srv.Serve(ln)
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			srv.Shutdown(ctx)
-		})
-		return ln.Addr().String()
-	}
-	fast := serve(&Server{Handler: g})
-	std := serve(&http.Server{Handler: g})
+	g := testGateway(t, up, cfg)
+	fast := serve(t, &Server{Handler: g})
+	std := serve(t, &http.Server{Handler: g})
 
 	reqs := []string{
 		"GET /svc/a?x=1&y=%20 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t\r\n\r\n",

@@ -411,7 +411,15 @@ func (w *fastWriter) WriteHeader(code int) {
 			bw.WriteString("\r\n")
 		}
 	}
-	if _, ok := w.h["Date"]; !ok {
+	_, hasDate := w.h["Date"]
+	w.endHead(hasDate)
+}
+
+// endHead writes the head's last lines: Date unless the answer has one,
+// the framing and connection headers, and the blank line.
+func (w *fastWriter) endHead(hasDate bool) {
+	bw := w.bw
+	if !hasDate {
 		bw.WriteString("Date: ")
 		bw.WriteString(httpDate())
 		bw.WriteString("\r\n")
@@ -421,7 +429,7 @@ func (w *fastWriter) WriteHeader(code int) {
 	}
 	if w.closeAfter {
 		bw.WriteString("Connection: close\r\n")
-	} else if !req.ProtoAtLeast(1, 1) {
+	} else if !w.req.ProtoAtLeast(1, 1) {
 		bw.WriteString("Connection: keep-alive\r\n")
 	}
 	bw.WriteString("\r\n")
@@ -556,17 +564,7 @@ func (w *fastWriter) relayRaw(rr *rawResp, ubr *bufio.Reader) (clean bool) {
 		bw.Write(kv[1])
 		bw.WriteString("\r\n")
 	}
-	if !rr.date {
-		bw.WriteString("Date: ")
-		bw.WriteString(httpDate())
-		bw.WriteString("\r\n")
-	}
-	if w.closeAfter {
-		bw.WriteString("Connection: close\r\n")
-	} else if !req.ProtoAtLeast(1, 1) {
-		bw.WriteString("Connection: keep-alive\r\n")
-	}
-	bw.WriteString("\r\n")
+	w.endHead(rr.date)
 	ubr.Discard(rr.head)
 	n := rr.cl
 	for n > 0 {

@@ -16,38 +16,56 @@ import (
 	"github.com/plugd/plugd/sdk"
 )
 
+// testGateway is a Gateway with one service "svc" of one instance at
+// upstream's address, configured with cfg.
+func testGateway(t *testing.T, upstream *httptest.Server, cfg conf.Service) *Gateway {
+	t.Helper()
+	g := New(Options{})
+	t.Cleanup(g.Close)
+	if err := g.SetConfig("svc", cfg, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.SetInstances("svc", []sdk.Instance{{ID: "u", Address: strings.TrimPrefix(upstream.URL, "http://")}}); err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+type server interface {
+	Serve(net.Listener) error
+	Shutdown(context.Context) error
+}
+
+// serve runs srv on a loopback port until the test ends, then checks that
+// it shut down cleanly; it returns the address.
+func serve(t *testing.T, srv server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := <-done; err != ErrServerClosed {
+			t.Errorf("Serve returned %v", err)
+		}
+	})
+	return ln.Addr().String()
+}
+
 // startStack runs upstream <- Gateway <- Server on loopback and returns
 // the server's address.
 func startStack(t *testing.T, up http.HandlerFunc) string {
 	t.Helper()
 	us := httptest.NewServer(up)
 	t.Cleanup(us.Close)
-	g := New(Options{})
-	if err := g.SetConfig("svc", conf.Default(), true); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.SetInstances("svc", []sdk.Instance{{ID: "u", Address: strings.TrimPrefix(us.URL, "http://")}}); err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &Server{Handler: g}
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := s.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		if err := <-done; err != ErrServerClosed {
-			t.Errorf("Serve returned %v", err)
-		}
-		g.Close()
-	})
-	return ln.Addr().String()
+	return serve(t, &Server{Handler: testGateway(t, us, conf.Default())})
 }
 
 func TestServerBodiesBothWays(t *testing.T) {
@@ -192,32 +210,13 @@ func TestClientGoneCancelsUpstream(t *testing.T) {
 				}
 			}))
 			defer up.Close()
-			g := New(Options{})
-			defer g.Close()
-			if err := g.SetConfig("svc", conf.Default(), true); err != nil {
-				t.Fatal(err)
-			}
-			if err := g.SetInstances("svc", []sdk.Instance{{ID: "u", Address: strings.TrimPrefix(up.URL, "http://")}}); err != nil {
-				t.Fatal(err)
-			}
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			var srv interface {
-				Serve(net.Listener) error
-				Shutdown(context.Context) error
-			} = &Server{Handler: g}
+			g := testGateway(t, up, conf.Default())
+			var srv server = &Server{Handler: g}
 			if engine == "std" {
 				srv = &http.Server{Handler: g}
 			}
-			go srv.Serve(ln)
-			defer func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				srv.Shutdown(ctx)
-			}()
-			c, err := net.Dial("tcp", ln.Addr().String())
+			addr := serve(t, srv)
+			c, err := net.Dial("tcp", addr)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -246,7 +245,7 @@ func TestClientGoneCancelsUpstream(t *testing.T) {
 				t.Fatal("the upstream request was not canceled within 10s of the client's disconnect")
 			}
 			// the gateway still serves
-			resp, err = http.Get("http://" + ln.Addr().String() + "/svc/quick")
+			resp, err = http.Get("http://" + addr + "/svc/quick")
 			if err != nil {
 				t.Fatal(err)
 			}
