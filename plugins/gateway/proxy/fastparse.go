@@ -157,9 +157,32 @@ func (b *fastBody) Close() error { return nil }
 // common kind, else returns nil. The caller discards len(head) bytes from
 // the reader on success.
 func parseFast(head []byte, br *bufio.Reader) *http.Request {
+	return parseFastIn(nil, head, br)
+}
+
+// reqArena holds a fast-parsed request and everything it points to. A
+// connection reuses its arena for the next request when the handler said
+// nothing kept a reference (fastWriter.Recyclable): one allocation less
+// per field, and no garbage.
+type reqArena struct {
+	r    http.Request
+	u    url.URL
+	v    [8]string
+	h    http.Header
+	buf  []byte
+	body fastBody
+}
+
+// parseFastIn is parseFast into ar (nil: a new arena). The request's
+// strings point into ar.buf, so a reused arena must not be referenced
+// by anything of the previous request.
+func parseFastIn(ar *reqArena, head []byte, br *bufio.Reader) *http.Request {
+	if ar == nil {
+		ar = new(reqArena)
+	}
 	// every line of buf ends with CRLF (the blank line is dropped)
-	buf := make([]byte, len(head)-2)
-	copy(buf, head)
+	ar.buf = append(ar.buf[:0], head[:len(head)-2]...)
+	buf := ar.buf
 	eol := bytes.IndexByte(buf, '\n')
 	if eol < 1 || buf[eol-1] != '\r' {
 		return nil
@@ -205,27 +228,36 @@ func parseFast(head []byte, br *bufio.Reader) *http.Request {
 	}
 
 	// header lines
+	p := buf[eol+1:]
+	n := bytes.Count(p, []byte{'\n'})
+	if n > maxFastHeaders {
+		return nil
+	}
+	vals := ar.v[:0]
+	if n > len(ar.v) {
+		vals = make([]string, 0, n)
+	}
+	h := ar.h
+	if h == nil {
+		h = make(http.Header, n)
+		ar.h = h
+	} else {
+		clear(h)
+	}
 	var (
-		lines  [maxFastHeaders][2][]byte
-		nl     int
 		host   []byte
 		hasCL  bool
 		cl     int64
 		closeC bool
 	)
-	p := buf[eol+1:]
 	for len(p) > 0 {
 		e := bytes.IndexByte(p, '\n')
-		if e < 0 {
+		if e < 1 || p[e-1] != '\r' {
 			return nil
 		}
-		l := p[:e]
+		l := p[:e-1]
 		p = p[e+1:]
-		if len(l) == 0 || l[len(l)-1] != '\r' {
-			return nil
-		}
-		l = l[:len(l)-1]
-		if len(l) == 0 || l[0] == ' ' || l[0] == '\t' || nl == maxFastHeaders {
+		if len(l) == 0 || l[0] == ' ' || l[0] == '\t' {
 			return nil
 		}
 		colon := bytes.IndexByte(l, ':')
@@ -263,32 +295,23 @@ func parseFast(head []byte, br *bufio.Reader) *http.Request {
 				return nil
 			}
 		}
-		lines[nl] = [2][]byte{k, v}
-		nl++
+		key := bstr(k)
+		vals = append(vals, bstr(v))
+		i := len(vals) - 1
+		if prior, ok := h[key]; ok {
+			h[key] = append(prior, vals[i])
+		} else {
+			h[key] = vals[i : i+1 : i+1]
+		}
 	}
 	if host == nil {
 		return nil
 	}
-	h := make(http.Header, nl)
-	vals := make([]string, nl)
-	for i := 0; i < nl; i++ {
-		k := bstr(lines[i][0])
-		vals[i] = bstr(lines[i][1])
-		if prior, ok := h[k]; ok {
-			h[k] = append(prior, vals[i])
-		} else {
-			h[k] = vals[i : i+1 : i+1]
-		}
-	}
-	ru := new(struct {
-		r http.Request
-		u url.URL
-	})
-	ru.u = url.URL{Path: bstr(target[:pathEnd]), RawQuery: bstr(rawQuery)}
-	r := &ru.r
+	ar.u = url.URL{Path: bstr(target[:pathEnd]), RawQuery: bstr(rawQuery)}
+	r := &ar.r
 	*r = http.Request{
 		Method:     bstr(method),
-		URL:        &ru.u,
+		URL:        &ar.u,
 		Proto:      "HTTP/1.1",
 		ProtoMajor: 1,
 		ProtoMinor: 1,
@@ -300,7 +323,8 @@ func parseFast(head []byte, br *bufio.Reader) *http.Request {
 	}
 	if hasCL && cl > 0 {
 		r.ContentLength = cl
-		r.Body = &fastBody{r: br, n: cl}
+		ar.body = fastBody{r: br, n: cl}
+		r.Body = &ar.body
 	}
 	return r
 }

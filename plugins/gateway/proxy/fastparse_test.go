@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"github.com/plugd/plugd/plugins/gateway/conf"
+	"github.com/plugd/plugd/plugins/gateway/program"
+	"github.com/plugd/plugd/sdk"
 )
 
 // seen is what the upstream observed of a request.
@@ -93,16 +96,21 @@ func TestFastEngineMatchesStd(t *testing.T) {
 		"GET /svc/conn HTTP/1.1\r\nHost: h\r\nConnection: X-Hop, keep-alive\r\nX-Hop: gone\r\n\r\n",
 		"OPTIONS /svc/opt HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n",
 	}
-	do := func(addr, raw string) (up, resp string) {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
+	// do sends raw on c (a new connection when nil) and returns what the
+	// upstream saw and what the client got
+	do := func(addr string, c net.Conn, br *bufio.Reader, raw string) (up, resp string) {
+		if c == nil {
+			var err error
+			if c, err = net.Dial("tcp", addr); err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			br = bufio.NewReader(c)
 		}
-		defer c.Close()
 		c.SetDeadline(time.Now().Add(5 * time.Second))
 		io.WriteString(c, raw)
 		method := strings.Fields(raw)[0]
-		r, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: method})
+		r, err := http.ReadResponse(br, &http.Request{Method: method})
 		if err != nil {
 			t.Fatalf("%q: %v", raw, err)
 		}
@@ -124,9 +132,8 @@ func TestFastEngineMatchesStd(t *testing.T) {
 		}
 		return up, resp
 	}
-	for _, raw := range reqs {
-		fu, fr := do(fast, raw)
-		su, sr := do(std, raw)
+	check := func(raw, fu, fr, su, sr string) {
+		t.Helper()
 		// net/http's server adds a Content-Length to bodies it buffered
 		// whole; the fast engine streams them chunked, as a proxy may
 		if fu != su {
@@ -135,6 +142,88 @@ func TestFastEngineMatchesStd(t *testing.T) {
 		if fr != sr && !(strings.Contains(raw, "/chunked") && strings.Contains(fr, `body="abody of /chunked"`)) {
 			t.Errorf("%q: the client got\nfast: %s\nstd:  %s", raw, fr, sr)
 		}
+	}
+	for _, raw := range reqs {
+		fu, fr := do(fast, nil, nil, raw)
+		su, sr := do(std, nil, nil, raw)
+		check(raw, fu, fr, su, sr)
+	}
+	// the same on one kept-alive connection per engine (the fast engine
+	// reuses a request's memory for the next one), twice over so that
+	// requests with few headers follow ones with many
+	fc, err := net.Dial("tcp", fast)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fc.Close()
+	sc, err := net.Dial("tcp", std)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	fbr, sbr := bufio.NewReader(fc), bufio.NewReader(sc)
+	many := "GET /svc/many HTTP/1.1\r\nHost: h\r\n"
+	for i := 0; i < 12; i++ {
+		many += fmt.Sprintf("X-H%d: v%d\r\n", i, i)
+	}
+	many += "\r\n"
+	for round := 0; round < 2; round++ {
+		for _, raw := range append([]string{many}, reqs...) {
+			if strings.Contains(raw, "close") || strings.Contains(raw, "HTTP/1.0") {
+				continue // ends the connection
+			}
+			fu, fr := do(fast, fc, fbr, raw)
+			su, sr := do(std, sc, sbr, raw)
+			check(raw, fu, fr, su, sr)
+		}
+	}
+}
+
+// A program that keeps a header value (set_global) must not see it
+// change when the connection's next request arrives.
+func TestProgramKeepsHeaderValue(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer up.Close()
+	g := testGateway(t, up, conf.Default())
+	p, err := program.Compile(program.Spec{Name: "keep", Expr: base64.StdEncoding.EncodeToString([]byte(`set_global("tag", get_header("X-Tag"))`))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.SetPrograms("svc", []*program.Program{p}); err != nil {
+		t.Fatal(err)
+	}
+	// a second service without programs, served on the same connection
+	if err := g.SetConfig("plain", conf.Default(), false); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.SetInstances("plain", []sdk.Instance{{ID: "u", Address: strings.TrimPrefix(up.URL, "http://")}}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", serve(t, &Server{Handler: g}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for _, raw := range []string{
+		"GET /svc/x HTTP/1.1\r\nHost: h\r\nX-Tag: first-value\r\n\r\n",
+		"GET /svc/x HTTP/1.1\r\nHost: h\r\nX-Tag: 2nd\r\n\r\n",
+		// same layout, no program: would overwrite a shared buffer
+		"GET /plain HTTP/1.1\r\nHost: h\r\nX-Tag: zzz\r\n\r\n",
+		"GET /plain HTTP/1.1\r\nHost: h\r\nX-Tag: yyy\r\n\r\n",
+	} {
+		io.WriteString(c, raw)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%q: %d", raw, resp.StatusCode)
+		}
+	}
+	if got := g.Globals()["tag"]; got != "2nd" {
+		t.Fatalf("global tag = %q, want %q", got, "2nd")
 	}
 }
 
@@ -293,4 +382,24 @@ func FuzzParseRespFast(f *testing.F) {
 				rr.status, fh, rr.cl, rr.close, resp.StatusCode, resp.Header, cl, resp.Close)
 		}
 	})
+}
+
+func BenchmarkParseFast(b *testing.B) {
+	for _, raw := range []string{
+		"GET /bench/ HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n",
+		"GET /svc/api/v1/items?id=42 HTTP/1.1\r\nHost: api.example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n" +
+			"Accept: application/json\r\nAccept-Encoding: gzip, deflate\r\nAccept-Language: en-US,en;q=0.9\r\n" +
+			"Cookie: session=abcdef0123456789\r\nX-Request-Id: 4bf92f3577b34da6a3ce929d0e0e4736\r\n\r\n",
+	} {
+		b.Run(strings.Fields(raw)[1], func(b *testing.B) {
+			br := bufio.NewReaderSize(strings.NewReader(raw), 4096)
+			head, _, _ := peekHead(br, nil)
+			b.ReportAllocs()
+			for b.Loop() {
+				if parseFast(head, br) == nil {
+					b.Fatal("not parsed")
+				}
+			}
+		})
+	}
 }

@@ -210,6 +210,7 @@ func (s *Server) serveConn(fc *fconn) {
 	// update, so on a busy keep-alive connection it is refreshed at most
 	// once a second: the connection then idles between idle-1s and idle.
 	var dlAt time.Time
+	var ar *reqArena // reused while handlers say nothing keeps the request
 	for {
 		// wait for the next request as an idle connection
 		fc.idle.Store(true)
@@ -238,7 +239,10 @@ func (s *Server) serveConn(fc *fconn) {
 			dlAt = time.Time{}
 		})
 		if err == nil && ok {
-			if req = parseFast(head, br); req != nil {
+			if ar == nil {
+				ar = new(reqArena)
+			}
+			if req = parseFastIn(ar, head, br); req != nil {
 				br.Discard(len(head))
 			}
 		}
@@ -278,6 +282,9 @@ func (s *Server) serveConn(fc *fconn) {
 		if w.dlLost {
 			dlAt = time.Time{}
 		}
+		if fast && !w.Recyclable {
+			ar = nil // something may keep the request: a new arena next time
+		}
 		if err := w.finish(); err != nil {
 			return
 		}
@@ -311,6 +318,10 @@ type fastWriter struct {
 	hijacked   bool
 	err        error
 	dlLost     bool // watch changed the connection's read deadline
+	// Recyclable is set by a handler that guarantees that nothing keeps a
+	// reference to the request or any of its strings or header values
+	// once it returns: the connection then reuses the request's memory.
+	Recyclable bool
 	// start and end of the request as the Gateway measured them (saves
 	// the server and the upstream pool clock reads); zero if unknown
 	start, end time.Time
@@ -341,7 +352,7 @@ func (w *fastWriter) watch(cancel func()) (stop func()) {
 func (w *fastWriter) reset(r *http.Request) {
 	clear(w.h)
 	w.req, w.status, w.wrote, w.chunked, w.noBody, w.closeAfter, w.err, w.dlLost = r, 0, false, false, false, false, nil, false
-	w.start, w.end = time.Time{}, time.Time{}
+	w.start, w.end, w.Recyclable = time.Time{}, time.Time{}, false
 	w.cl, w.n = -1, 0
 }
 
