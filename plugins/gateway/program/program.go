@@ -127,7 +127,13 @@ type Spec struct {
 type Program struct {
 	Spec  Spec
 	lines []line
+	keeps bool
 }
+
+// KeepsValues reports whether the program may keep a value of the request
+// beyond its run: it calls set_global (any mention counts). Other
+// programs only read the request while they run.
+func (p *Program) KeepsValues() bool { return p.keeps }
 
 type line struct {
 	no  int
@@ -167,7 +173,7 @@ func Compile(spec Spec) (*Program, error) {
 			return nil, fmt.Errorf("expr is not valid base64: %v", err)
 		}
 	}
-	p := &Program{Spec: spec}
+	p := &Program{Spec: spec, keeps: strings.Contains(string(src), "set_global")}
 	for i, l := range strings.Split(string(src), "\n") {
 		t := strings.TrimSpace(strings.TrimSuffix(l, "\r"))
 		if t == "" || strings.HasPrefix(t, "#") || strings.HasPrefix(t, "//") {

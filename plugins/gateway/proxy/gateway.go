@@ -258,6 +258,10 @@ func (g *Gateway) publish(s *Service, sn *snapshot) error {
 	sn.trim = sn.cfg.ReverseProxy.TrimRoutingKeyPrefix
 	sn.hashHdr = sn.cfg.LoadBalance.HashHeader
 	sn.slp = sn.cfg.SLP
+	sn.keeps = false
+	for _, p := range sn.progs {
+		sn.keeps = sn.keeps || p.KeepsValues()
+	}
 	s.snap.Store(sn)
 	return nil
 }

@@ -129,10 +129,10 @@ func clientIP(r *http.Request) string {
 func (g *Gateway) serveService(w http.ResponseWriter, r *http.Request, s *Service, key string, client *fastWriter) {
 	sn := s.load()
 	if client != nil {
-		// Without programs (set_global could keep a header value) and SLP
-		// filters (foreign code), nothing keeps the request beyond this
-		// call: the fast engine may reuse its memory.
-		client.Recyclable = len(sn.progs) == 0 && sn.slp == ""
+		// Without programs that keep values (set_global could keep a
+		// header value) and SLP filters (foreign code), nothing keeps the
+		// request beyond this call: the fast engine may reuse its memory.
+		client.Recyclable = sn.slp == "" && !sn.keeps
 	}
 	if len(sn.ups) == 0 {
 		writeError(w, http.StatusServiceUnavailable, "service "+strconv.Quote(key)+" has no instances")

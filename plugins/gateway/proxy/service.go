@@ -80,6 +80,7 @@ type snapshot struct {
 	hashHdr   string
 	slp       string
 	progs     []*program.Program
+	keeps     bool // a program may keep request values (set_global)
 }
 
 // Service is the runtime state of one routing key.
