@@ -3,7 +3,8 @@
 #
 # Starts one upstream (a tiny Go HTTP server answering 20 bytes), then for
 # each target runs wrk with the same connections and duration and prints
-# requests/s and p50/p99 latency, every figure also as a ratio to nginx:
+# requests/s, p50/p99 latency and the CPU time the proxy's processes spend
+# per request, every figure also as a ratio to nginx:
 #   direct      - wrk straight at the upstream (the ceiling)
 #   plugd       - gateway.v1 in the real plugd host: round-robin, limiter off,
 #                 breaker on (default config), retries 1
@@ -12,7 +13,9 @@
 #   haproxy     - mode http, http-reuse always
 #   caddy       - reverse_proxy
 # Every proxy gets the same number of worker threads (WORKERS, default the
-# number of cores). wrk, the proxy and the upstream share this machine, so
+# number of cores) and sends the upstream the same X-Forwarded-For, -Proto
+# and -Host headers (the gateway and caddy always do; nginx and haproxy are
+# configured to). wrk, the proxy and the upstream share this machine, so
 # read the ratios, not the absolute numbers.
 #
 # Usage: scripts/bench/gateway.sh [-d SECONDS] [-c CONNECTIONS]
@@ -137,6 +140,9 @@ http {
 			proxy_pass http://up;
 			proxy_http_version 1.1;
 			proxy_set_header Connection "";
+			proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+			proxy_set_header X-Forwarded-Proto $scheme;
+			proxy_set_header X-Forwarded-Host $http_host;
 		}
 	}
 }
@@ -158,6 +164,9 @@ frontend fe
 	bind 127.0.0.1:$HA
 	default_backend be
 backend be
+	option forwardfor
+	http-request set-header X-Forwarded-Proto http
+	http-request set-header X-Forwarded-Host %[req.hdr(host)]
 	server up1 127.0.0.1:$UP
 HAP
 "$HAPROXY" -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & PIDS+=($!); HAPID=$!
