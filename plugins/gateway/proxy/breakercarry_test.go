@@ -86,3 +86,39 @@ func TestBreakerSettingsChangeKeepsState(t *testing.T) {
 		t.Fatalf("2+2 failures, max 4: %s (the streak was lost)", s)
 	}
 }
+
+// Quiet admission (no breaker calls while closed without failures) keeps
+// the breaker's rule: it opens after max_failures consecutive failures,
+// and a success in between resets the streak.
+func TestBreakerStreakWithQuietAdmission(t *testing.T) {
+	var fail atomic.Bool
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if fail.Load() {
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+	}))
+	defer up.Close()
+	cfg := conf.Default()
+	cfg.ReverseProxy.RetryCount = 0
+	cfg.Breaker = conf.Breaker{MaxFailures: 3, HalfOpenMaxRequests: 1, OpenTimeout: "1h"}
+	g := testGateway(t, up, cfg)
+	state := func() string {
+		st, _ := g.State("svc")
+		return st.UpstreamStates[0].BreakerState
+	}
+	for i, step := range []struct {
+		fail bool
+		want string
+	}{
+		{false, "closed"}, {false, "closed"}, // quiet from here
+		{true, "closed"}, {true, "closed"}, {false, "closed"}, // streak reset
+		{false, "closed"}, {true, "closed"}, {true, "closed"}, {true, "open"},
+	} {
+		fail.Store(step.fail)
+		rec := httptest.NewRecorder()
+		g.ServeHTTP(rec, httptest.NewRequest("GET", "/svc/x", nil))
+		if s := state(); s != step.want {
+			t.Fatalf("step %d: breaker %s, want %s", i, s, step.want)
+		}
+	}
+}

@@ -236,6 +236,7 @@ func (g *Gateway) setBreaker(service string, u *Upstream, c conf.Breaker) error 
 	}
 	breaker.Carry(u.br.Load(), b, c)
 	u.br.Store(b)
+	u.unquiet()
 	return nil
 }
 

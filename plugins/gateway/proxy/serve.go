@@ -321,7 +321,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 			skip |= 1 << uint(idx)
 		}
 		u := sn.ups[idx]
-		done, err := u.br.Load().Allow()
+		done, err := u.admit()
 		if err != nil { // opened or half-open quota used since Pick
 			continue
 		}
@@ -360,14 +360,14 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 		if err != nil {
 			u.inflight.Add(-1)
 			if r.Context().Err() != nil || err == errClientGone {
-				done(breaker.ErrExcluded)
+				u.report(done, breaker.ErrExcluded)
 				if client != nil {
 					// nothing more is written; 499 as nginx counts it
 					client.status, client.err = 499, errClientGone
 				}
 				return // client went away
 			}
-			done(err)
+			u.report(done, err)
 			var op *net.OpError
 			dialErr := errors.As(err, &op) && op.Op == "dial"
 			if canRetry && (dialErr || idempotent(r.Method)) {
@@ -384,7 +384,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 			status = resp.StatusCode
 		}
 		if status >= 500 {
-			done(errUpstream5xx)
+			u.report(done, errUpstream5xx)
 			if canRetry && idempotent(r.Method) && (status == 502 || status == 503 || status == 504) {
 				if resp != nil {
 					resp.Body.Close()
@@ -395,7 +395,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 				continue
 			}
 		} else {
-			done(nil)
+			u.report(done, nil)
 		}
 		if ex != nil && ex.raw != nil {
 			clean := fw.relayRaw(ex.raw, ex.conn.br)
@@ -465,7 +465,7 @@ func (g *Gateway) forwardUpgrade(w http.ResponseWriter, r *http.Request, s *Serv
 		return
 	}
 	u := sn.ups[idx]
-	done, err := u.br.Load().Allow()
+	done, err := u.admit()
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, "instance "+u.Inst.ID+" of service "+strconv.Quote(key)+" is not available")
 		return
@@ -490,8 +490,8 @@ func (g *Gateway) forwardUpgrade(w http.ResponseWriter, r *http.Request, s *Serv
 	}
 	rp.ServeHTTP(w, r)
 	if failed != nil && r.Context().Err() == nil && !errors.Is(failed, context.Canceled) {
-		done(failed)
+		u.report(done, failed)
 	} else {
-		done(nil)
+		u.report(done, nil)
 	}
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"crypto/tls"
 	"net"
 	"net/http"
@@ -27,6 +28,13 @@ type live struct {
 	inflight atomic.Int64
 	healthy  atomic.Bool
 	br       atomic.Pointer[breaker.Breaker]
+	// quiet is bit 0 set while the breaker is known closed with no streak
+	// of failures, above a sequence number of failures and breaker
+	// changes. While quiet, a request need not ask the breaker nor report
+	// its success (neither would change anything a decision depends on):
+	// that saves the breaker's lock and clock reads per request. A
+	// failure ends it and is reported as usual.
+	quiet atomic.Uint64
 	pool     atomic.Pointer[h1Pool]
 	// health check streaks, touched only by the checker goroutine
 	okStreak, failStreak int
@@ -50,6 +58,9 @@ func (u *Upstream) Load() int64 { return u.inflight.Load() }
 func (u *Upstream) Available() bool {
 	if !u.healthy.Load() {
 		return false
+	}
+	if u.quiet.Load()&1 != 0 {
+		return true
 	}
 	b := u.br.Load()
 	return b == nil || b.State() != breaker.Open
@@ -147,4 +158,53 @@ func (s *Service) state() ServiceState {
 	}
 	out.Upstreams = len(sn.ups)
 	return out
+}
+
+// admit asks the instance's breaker to let a request through; the request
+// must end with report(done, outcome). done is nil when admitted quietly.
+func (u *Upstream) admit() (done func(error), err error) {
+	if u.quiet.Load()&1 != 0 {
+		return nil, nil
+	}
+	return u.br.Load().Allow()
+}
+
+// report ends a request admitted by admit: nil is a success, a failure an
+// error, breaker.ErrExcluded neither.
+func (u *Upstream) report(done func(error), outcome error) {
+	excluded := errors.Is(outcome, breaker.ErrExcluded)
+	if done == nil {
+		if outcome == nil || excluded {
+			return
+		}
+		u.unquiet()
+		d, err := u.br.Load().Allow()
+		if err != nil {
+			return // opened meanwhile: the failure is moot
+		}
+		d(outcome)
+		return
+	}
+	if outcome != nil {
+		u.unquiet()
+		done(outcome)
+		return
+	}
+	q := u.quiet.Load()
+	done(nil)
+	b := u.br.Load()
+	if !excluded && b.State() == breaker.Closed && b.Counts().ConsecutiveFailures == 0 {
+		// quiet unless a failure or a new breaker came in between
+		u.quiet.CompareAndSwap(q&^1, q|1)
+	}
+}
+
+// unquiet ends the quiet state (a failure, a new breaker).
+func (u *Upstream) unquiet() {
+	for {
+		q := u.quiet.Load()
+		if u.quiet.CompareAndSwap(q, (q|1)+1) { // next sequence, bit 0 clear
+			return
+		}
+	}
 }
