@@ -1,8 +1,8 @@
 package proxy
 
 import (
-	"errors"
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/http"
 	"sync/atomic"
@@ -35,7 +35,7 @@ type live struct {
 	// that saves the breaker's lock and clock reads per request. A
 	// failure ends it and is reported as usual.
 	quiet atomic.Uint64
-	pool     atomic.Pointer[h1Pool]
+	pool  atomic.Pointer[h1Pool]
 	// health check streaks, touched only by the checker goroutine
 	okStreak, failStreak int
 }
