@@ -241,7 +241,7 @@ func parseFastIn(ar *reqArena, head []byte, br *bufio.Reader) *http.Request {
 	if h == nil {
 		h = make(http.Header, n)
 		ar.h = h
-	} else {
+	} else if len(h) > 0 {
 		clear(h)
 	}
 	var (
