@@ -25,8 +25,15 @@ func TestFindAndKill(t *testing.T) {
 	if StartTime(cmd.Process.Pid) == "" {
 		t.Fatal("no start time for a live process")
 	}
-	if !HasEnv(cmd.Process.Pid, kv) || HasEnv(os.Getpid(), kv) {
-		t.Fatal("HasEnv")
+	// Until the child has exec'd, /proc/<pid>/environ is still the parent's.
+	for i := 0; !HasEnv(cmd.Process.Pid, kv); i++ {
+		if i == 200 {
+			t.Fatal("HasEnv false for the child's environment")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if HasEnv(os.Getpid(), kv) {
+		t.Fatal("HasEnv true for a process without the variable")
 	}
 	for i := 0; len(WithEnv(kv)) < 2; i++ {
 		if i == 200 {
