@@ -32,8 +32,15 @@ run: build
 deps:
 	@for s in scripts/deps/*.sh; do [ -e "$$s" ] || continue; echo "== $$s"; bash "$$s" || exit 1; done
 
+# Unit tests run under the race detector. The end-to-end suites (they start
+# the real plugd and build plugins with pcompile) and pcompile's own build
+# tests run without it: a -race host only loads -race plugins.
+E2E_PKGS  = $(shell $(GO) list ./... | grep -e /e2e -e /pcompile)
+UNIT_PKGS = $(shell $(GO) list ./... | grep -v -e /e2e -e /pcompile)
+
 test: deps build vet
-	PLUGD_BIN=$(CURDIR)/bin/plugd PCOMPILE_BIN=$(CURDIR)/bin/pcompile $(GO) test -count=1 -timeout 15m -p 2 ./...
+	$(GO) test -race -count=1 -timeout 10m $(UNIT_PKGS)
+	PLUGD_BIN=$(CURDIR)/bin/plugd PCOMPILE_BIN=$(CURDIR)/bin/pcompile $(GO) test -count=1 -timeout 15m -p 2 $(E2E_PKGS)
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
