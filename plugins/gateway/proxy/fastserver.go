@@ -196,7 +196,12 @@ func (s *Server) serveConn(fc *fconn) {
 		}
 	}()
 	remote := c.RemoteAddr().String()
-	w := &fastWriter{bw: bw, h: make(http.Header, 8), conn: c, br: br}
+	w := &fastWriter{bw: bw, h: make(http.Header, 8), conn: c, br: br, remote: remote}
+	if host, _, err := net.SplitHostPort(remote); err == nil {
+		w.ip = host
+	} else {
+		w.ip = remote
+	}
 	idle := s.IdleTimeout
 	if idle <= 0 {
 		idle = 120 * time.Second
@@ -322,6 +327,9 @@ type fastWriter struct {
 	// reference to the request or any of its strings or header values
 	// once it returns: the connection then reuses the request's memory.
 	Recyclable bool
+	// the connection's RemoteAddr and its host part (the client IP),
+	// computed once per connection
+	remote, ip string
 	// start and end of the request as the Gateway measured them (saves
 	// the server and the upstream pool clock reads); zero if unknown
 	start, end time.Time
@@ -350,7 +358,9 @@ func (w *fastWriter) watch(cancel func()) (stop func()) {
 }
 
 func (w *fastWriter) reset(r *http.Request) {
-	clear(w.h)
+	if len(w.h) > 0 {
+		clear(w.h)
+	}
 	w.req, w.status, w.wrote, w.chunked, w.noBody, w.closeAfter, w.err, w.dlLost = r, 0, false, false, false, false, nil, false
 	w.start, w.end, w.Recyclable = time.Time{}, time.Time{}, false
 	w.cl, w.n = -1, 0

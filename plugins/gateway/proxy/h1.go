@@ -7,10 +7,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -31,7 +33,8 @@ type h1Pool struct {
 type h1Conn struct {
 	c  net.Conn
 	br *bufio.Reader
-	bw *bufio.Writer
+	bw *bufio.Writer // writes to w
+	w  upWriter
 	rr rawResp    // the head of the current exchange, when relayed raw
 	ex h1Exchange // the current exchange (a connection serves one at a time)
 	dl time.Time  // read deadline in place (zero: none), see awaitAnswer
@@ -60,7 +63,67 @@ func (p *h1Pool) dial(ctx context.Context) (*h1Conn, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	return &h1Conn{c: nc, br: bufio.NewReaderSize(nc, 16<<10), bw: bufio.NewWriterSize(nc, 16<<10)}, false, nil
+	c := &h1Conn{c: nc, br: bufio.NewReaderSize(nc, 16<<10)}
+	c.w.c = nc
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.w.rc, _ = sc.SyscallConn()
+	}
+	c.bw = bufio.NewWriterSize(&c.w, 16<<10)
+	return c, false, nil
+}
+
+// upWriter is the writer under an upstream connection's bufio.Writer.
+// The last write of a request (await set) is sent from inside a RawConn
+// read callback, which then waits until the connection is readable: the
+// answer is read at once afterwards, instead of a first read that fails
+// with EAGAIN before waiting in the netpoller (a syscall and a poller
+// round per request). This is race-free because the read-readiness is
+// reset before the request leaves, and the answer can only follow it.
+type upWriter struct {
+	c     net.Conn
+	rc    syscall.RawConn // nil: plain writes only
+	await bool
+}
+
+func (u *upWriter) Write(p []byte) (int, error) {
+	if !u.await || u.rc == nil {
+		return u.c.Write(p)
+	}
+	u.await = false
+	sent, called := 0, false
+	var werr error
+	// A read deadline or a close ends the wait early: the read that
+	// follows reports it, so the error of Read itself does not matter.
+	_ = u.rc.Read(func(fd uintptr) bool {
+		if called {
+			return true // readable (or woken): the caller reads
+		}
+		called = true
+		for sent < len(p) {
+			n, err := syscall.Write(int(fd), p[sent:])
+			if err == syscall.EINTR {
+				continue
+			}
+			if err != nil {
+				if err != syscall.EAGAIN {
+					werr = err
+				}
+				return true
+			}
+			sent += n
+		}
+		return false // wait for the answer
+	})
+	if werr != nil {
+		return sent, &net.OpError{Op: "write", Net: "tcp", Addr: u.c.RemoteAddr(), Err: os.NewSyscallError("write", werr)}
+	}
+	if sent < len(p) {
+		// the socket buffer was full (or the callback did not run):
+		// the rest goes the usual way
+		n, err := u.c.Write(p[sent:])
+		return sent + n, err
+	}
+	return len(p), nil
 }
 
 func (p *h1Pool) put(c *h1Conn) {
@@ -136,15 +199,8 @@ func (c *h1Conn) awaitAnswer(client *fastWriter) error {
 		_, err := c.br.Peek(1)
 		return err
 	}
-	now := client.start
-	if now.IsZero() {
-		now = time.Now()
-	}
-	if c.dl.IsZero() || c.dl.Sub(now) < slowMin {
-		c.dl = now.Add(slowMax)
-		c.c.SetReadDeadline(c.dl)
-	}
-	var gone atomic.Bool
+	c.armDeadline(client)
+	var gone *atomic.Bool // set once the answer is slow (a heap allocation)
 	var stop func()
 	for {
 		_, err := c.br.Peek(1)
@@ -152,8 +208,10 @@ func (c *h1Conn) awaitAnswer(client *fastWriter) error {
 			// slow: watch the client, wait without deadline
 			c.c.SetReadDeadline(time.Time{})
 			c.dl = time.Time{}
+			g := new(atomic.Bool)
+			gone = g
 			stop = client.watch(func() {
-				gone.Store(true)
+				g.Store(true)
 				c.c.SetReadDeadline(aLongTimeAgo)
 			})
 			continue
@@ -161,10 +219,24 @@ func (c *h1Conn) awaitAnswer(client *fastWriter) error {
 		if stop != nil {
 			stop()
 		}
-		if gone.Load() {
+		if gone != nil && gone.Load() {
 			return errClientGone
 		}
 		return err
+	}
+}
+
+// armDeadline makes sure a read deadline at least slowMin ahead is in
+// place: when it passes before the answer begins, awaitAnswer watches the
+// client.
+func (c *h1Conn) armDeadline(client *fastWriter) {
+	now := client.start
+	if now.IsZero() {
+		now = time.Now()
+	}
+	if c.dl.IsZero() || c.dl.Sub(now) < slowMin {
+		c.dl = now.Add(slowMax)
+		c.c.SetReadDeadline(c.dl)
 	}
 }
 
@@ -187,8 +259,9 @@ func forwardedKey(k string) bool {
 	return len(k) > 12 && k[:12] == "X-Forwarded-" && (k == "X-Forwarded-For" || k == "X-Forwarded-Proto" || k == "X-Forwarded-Host")
 }
 
-// writeRequest writes o in HTTP/1.1.
-func writeRequest(bw *bufio.Writer, o *outReq) error {
+// writeRequest writes o in HTTP/1.1. With aw (the writer under bw), the
+// final flush waits for the answer to become readable (see upWriter).
+func writeRequest(bw *bufio.Writer, o *outReq, aw *upWriter) error {
 	bw.WriteString(o.method)
 	bw.WriteByte(' ')
 	bw.WriteString(o.path)
@@ -203,21 +276,23 @@ func writeRequest(bw *bufio.Writer, o *outReq) error {
 		bw.WriteString(o.addr)
 	}
 	bw.WriteString("\r\n")
-	for k, vv := range o.header {
-		if k == "Host" || k == "Content-Length" || forwardedKey(k) {
-			continue
-		}
-		for _, v := range vv {
-			if v == "" && k == "User-Agent" {
+	if len(o.header) > 0 { // ranging over an empty map still costs an iterator
+		for k, vv := range o.header {
+			if k == "Host" || k == "Content-Length" || forwardedKey(k) {
 				continue
 			}
-			if !safeHeaderValue(v) || !safeHeaderValue(k) {
-				return errors.New("header " + strconv.Quote(k) + " holds a line break")
+			for _, v := range vv {
+				if v == "" && k == "User-Agent" {
+					continue
+				}
+				if !safeHeaderValue(v) || !safeHeaderValue(k) {
+					return errors.New("header " + strconv.Quote(k) + " holds a line break")
+				}
+				bw.WriteString(k)
+				bw.WriteString(": ")
+				bw.WriteString(v)
+				bw.WriteString("\r\n")
 			}
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(v)
-			bw.WriteString("\r\n")
 		}
 	}
 	if !safeHeaderValue(o.xff) || !safeHeaderValue(o.host) {
@@ -256,6 +331,10 @@ func writeRequest(bw *bufio.Writer, o *outReq) error {
 		} else if _, err := io.CopyN(bw, o.body, o.cl); err != nil {
 			return err
 		}
+	}
+	if aw != nil {
+		aw.await = true
+		defer func() { aw.await = false }() // Flush may have had nothing to write
 	}
 	return bw.Flush()
 }
@@ -314,7 +393,16 @@ func (p *h1Pool) roundTrip(o *outReq, fresh, raw bool) (*http.Response, *h1Excha
 	}
 	ex := &c.ex
 	*ex = h1Exchange{pool: p, conn: c, stop: stop}
-	if err := writeRequest(c.bw, o); err != nil {
+	if o.client != nil {
+		// the slow-answer deadline is in place before the request leaves
+		// (the write waits for the answer, see upWriter)
+		c.armDeadline(o.client)
+	} else {
+		// no client to watch: no deadline (one left by an exchange of the
+		// fast engine on this pooled connection would fail the wait)
+		c.clearDeadline()
+	}
+	if err := writeRequest(c.bw, o, &c.w); err != nil {
 		ex.done(false)
 		if reused && ctx.Err() == nil {
 			return nil, nil, errStale

@@ -144,7 +144,12 @@ func (g *Gateway) serveService(w http.ResponseWriter, r *http.Request, s *Servic
 		writeError(w, http.StatusTooManyRequests, "rate limit of service "+strconv.Quote(key)+" exceeded")
 		return
 	}
-	ip := clientIP(r)
+	var ip string
+	if client != nil && r.RemoteAddr == client.remote {
+		ip = client.ip // computed once per connection
+	} else {
+		ip = clientIP(r)
+	}
 	if len(sn.progs) > 0 {
 		env := g.envs.Get().(*program.Env)
 		avail := 0
@@ -205,7 +210,9 @@ func removeHop(h http.Header) {
 }
 
 func isUpgrade(r *http.Request) bool {
-	return r.Header.Get("Upgrade") != "" && headerHasToken(r.Header, "Connection", "upgrade")
+	// the keys are canonical already: no Header.Get (which canonicalizes)
+	u := r.Header["Upgrade"]
+	return len(u) > 0 && u[0] != "" && headerHasToken(r.Header, "Connection", "upgrade")
 }
 
 func headerHasToken(h http.Header, k, tok string) bool {
@@ -228,6 +235,31 @@ func idempotent(m string) bool {
 }
 
 var errUpstream5xx = errors.New("upstream answered 5xx")
+
+// plainPath reports whether p is its own escaped form: it starts with a
+// slash and holds only bytes that url.URL.EscapedPath (without RawPath)
+// leaves as they are.
+func plainPath(p string) bool {
+	if p == "" || p[0] != '/' {
+		return false
+	}
+	for i := 0; i < len(p); i++ {
+		if !plainPathChar[p[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+// plainPathChar is pathChar without the bytes EscapedPath escapes
+// (!'()*).
+var plainPathChar = func() (t [256]bool) {
+	t = pathChar
+	for _, c := range "!'()*" {
+		t[c] = false
+	}
+	return
+}()
 
 // outPath is the path sent upstream.
 func (g *Gateway) outPath(p string, sn *snapshot, key string) string {
@@ -301,7 +333,11 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 	if r.URL.RawPath != "" {
 		rawPath = g.outPath(r.URL.RawPath, sn, key)
 	}
-	o := outReq{method: r.Method, path: (&url.URL{Path: path, RawPath: rawPath}).EscapedPath(),
+	escaped := path
+	if rawPath != "" || !plainPath(path) {
+		escaped = (&url.URL{Path: path, RawPath: rawPath}).EscapedPath()
+	}
+	o := outReq{method: r.Method, path: escaped,
 		rawQuery: r.URL.RawQuery, host: r.Host, header: h, xff: xff, xproto: xproto,
 		cl: r.ContentLength, ctx: r.Context(), client: client}
 	// The answer is relayed without an http.Response when it goes
