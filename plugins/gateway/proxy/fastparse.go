@@ -72,8 +72,9 @@ var tokenChar = func() (t [256]bool) {
 	return
 }()
 
-// pathChar marks the bytes a path may hold without making url.Parse keep
-// a RawPath: unreserved, sub-delims, ':', '@' and '/'.
+// pathChar marks the bytes a path may hold without a percent-escape:
+// unreserved, sub-delims, ':', '@' and '/'. Of these, url.Parse keeps a
+// RawPath for "!'()*" (EscapedPath would encode them); see parse.
 var pathChar = func() (t [256]bool) {
 	for c := '0'; c <= '9'; c++ {
 		t[c] = true
@@ -308,6 +309,11 @@ func parseFastIn(ar *reqArena, head []byte, br *bufio.Reader) *http.Request {
 		return nil
 	}
 	ar.u = url.URL{Path: bstr(target[:pathEnd]), RawQuery: bstr(rawQuery)}
+	if bytes.ContainsAny(target[:pathEnd], "!'()*") {
+		// EscapedPath would send these percent-encoded; url.Parse keeps
+		// the path as received in RawPath, and so must a proxy.
+		ar.u.RawPath = ar.u.Path
+	}
 	r := &ar.r
 	*r = http.Request{
 		Method:     bstr(method),

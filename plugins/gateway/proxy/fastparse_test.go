@@ -79,6 +79,7 @@ func TestFastEngineMatchesStd(t *testing.T) {
 		"GET /svc/a HTTP/1.1\r\nHost: h\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\nX-Trim:   spaced \t\r\n\r\n",
 		"GET /svc/pct%2Fenc/b HTTP/1.1\r\nHost: h\r\n\r\n",
 		"GET /svc/sp%20ace HTTP/1.1\r\nHost: h\r\n\r\n",
+		"GET /svc/sub!del'(im)*s HTTP/1.1\r\nHost: h\r\n\r\n",
 		"POST /svc/post HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello",
 		"POST /svc/empty HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
 		"PUT /svc/chunk HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
