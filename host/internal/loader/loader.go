@@ -140,14 +140,14 @@ func (l *Loader) checkBuild(path, name string) error {
 	if err != nil {
 		return sdk.Errorf(http.StatusUnprocessableEntity, "file %q: %v", name, err)
 	}
-	return refuse(name, mm)
+	return refuse(name, mm, len(mm))
 }
 
-func refuse(name string, mm []compat.Mismatch) error {
+// refuse is the 422 for mm, naming at most the first most mismatches.
+func refuse(name string, mm []compat.Mismatch, most int) error {
 	if len(mm) == 0 {
 		return nil
 	}
-	const most = 3 // a changed SDK changes every package above it too
 	var lines []string
 	for i, m := range mm {
 		if i == most {
@@ -179,7 +179,7 @@ func (l *Loader) checkPackages(path, name string) error {
 	if err != nil {
 		return sdk.Errorf(http.StatusUnprocessableEntity, "file %q: %v", name, err)
 	}
-	return refuse(name, mm)
+	return refuse(name, mm, 3) // a changed SDK changes every package above it too
 }
 
 // Open opens a plugin file in this process, recovering a panic in its init,
