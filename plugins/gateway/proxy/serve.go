@@ -134,21 +134,47 @@ func (g *Gateway) serveService(w http.ResponseWriter, r *http.Request, s *Servic
 		// request beyond this call: the fast engine may reuse its memory.
 		client.Recyclable = sn.slp == "" && !sn.keeps
 	}
-	if len(sn.ups) == 0 {
-		writeError(w, http.StatusServiceUnavailable, "service "+strconv.Quote(key)+" has no instances")
-		return
-	}
-	if l := s.limiter.Load(); l != nil && !l.Allow() {
-		s.m.limited.Add(1)
-		w.Header().Set("Retry-After", limit.RetryAfter(l))
-		writeError(w, http.StatusTooManyRequests, "rate limit of service "+strconv.Quote(key)+" exceeded")
-		return
-	}
 	var ip string
 	if client != nil && r.RemoteAddr == client.remote {
 		ip = client.ip // computed once per connection
 	} else {
 		ip = clientIP(r)
+	}
+	if status, msg, retryAfter := g.screen(r, s, sn, key, ip); status != 0 {
+		if retryAfter != "" {
+			w.Header().Set("Retry-After", retryAfter)
+		}
+		writeError(w, status, msg)
+		return
+	}
+	if sn.slp != "" {
+		sess, err := g.opt.SLPs.Begin(sn.slp)
+		if err != nil {
+			writeError(w, http.StatusBadGateway, "filter SLP "+strconv.Quote(sn.slp)+" of service "+strconv.Quote(key)+" is not available: "+err.Error())
+			return
+		}
+		defer sess.End()
+		if f, ok := sess.SLP().(sdk.Filter); ok {
+			f.Filter(w, r, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				g.forward(w, r, s, sn, key, ip, client)
+			}))
+			return
+		}
+	}
+	g.forward(w, r, s, sn, key, ip, client)
+}
+
+// screen runs the checks a request passes before it is forwarded: the
+// service has instances, its rate limiter admits it, its programs accept
+// it. It returns 0, or the status and message of the refusal (with the
+// Retry-After value of a 429).
+func (g *Gateway) screen(r *http.Request, s *Service, sn *snapshot, key, ip string) (status int, msg, retryAfter string) {
+	if len(sn.ups) == 0 {
+		return http.StatusServiceUnavailable, "service " + strconv.Quote(key) + " has no instances", ""
+	}
+	if l := s.limiter.Load(); l != nil && !l.Allow() {
+		s.m.limited.Add(1)
+		return http.StatusTooManyRequests, "rate limit of service " + strconv.Quote(key) + " exceeded", limit.RetryAfter(l)
 	}
 	if len(sn.progs) > 0 {
 		env := g.envs.Get().(*program.Env)
@@ -169,25 +195,10 @@ func (g *Gateway) serveService(w http.ResponseWriter, r *http.Request, s *Servic
 		g.envs.Put(env)
 		if reason != "" {
 			s.m.rejected.Add(1)
-			writeError(w, http.StatusBadRequest, reason)
-			return
+			return http.StatusBadRequest, reason, ""
 		}
 	}
-	if sn.slp != "" {
-		sess, err := g.opt.SLPs.Begin(sn.slp)
-		if err != nil {
-			writeError(w, http.StatusBadGateway, "filter SLP "+strconv.Quote(sn.slp)+" of service "+strconv.Quote(key)+" is not available: "+err.Error())
-			return
-		}
-		defer sess.End()
-		if f, ok := sess.SLP().(sdk.Filter); ok {
-			f.Filter(w, r, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				g.forward(w, r, s, sn, key, ip, client)
-			}))
-			return
-		}
-	}
-	g.forward(w, r, s, sn, key, ip, client)
+	return 0, "", ""
 }
 
 // hop-by-hop headers, removed in both directions (RFC 9110 7.6.1).
@@ -306,40 +317,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 		replayable = false
 	}
 
-	h := r.Header
-	removeHop(h)
-	xff := ip
-	if prior, ok := h["X-Forwarded-For"]; ok {
-		xff = strings.Join(prior, ", ") + ", " + ip
-	}
-	xproto := "http"
-	if r.TLS != nil {
-		xproto = "https"
-	}
-	if sn.scheme != "http" {
-		// http.Transport sends what the header map holds
-		h["X-Forwarded-For"] = []string{xff}
-		h["X-Forwarded-Proto"] = []string{xproto}
-		if r.Host != "" {
-			h["X-Forwarded-Host"] = []string{r.Host}
-		}
-		if _, ok := h["User-Agent"]; !ok {
-			h["User-Agent"] = emptyUA
-		}
-	}
-
-	path := g.outPath(r.URL.Path, sn, key)
-	rawPath := ""
-	if r.URL.RawPath != "" {
-		rawPath = g.outPath(r.URL.RawPath, sn, key)
-	}
-	escaped := path
-	if rawPath != "" || !plainPath(path) {
-		escaped = (&url.URL{Path: path, RawPath: rawPath}).EscapedPath()
-	}
-	o := outReq{method: r.Method, path: escaped,
-		rawQuery: r.URL.RawQuery, host: r.Host, header: h, xff: xff, xproto: xproto,
-		cl: r.ContentLength, ctx: r.Context(), client: client}
+	o := g.outRequest(r, sn, key, ip, client)
 	// The answer is relayed without an http.Response when it goes
 	// straight to the fast engine's writer (no SLP filter in between)
 	// and nothing set response headers yet.
@@ -381,10 +359,13 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 		} else {
 			out := new(http.Request)
 			*out = *r
-			out.URL = &url.URL{Scheme: sn.scheme, Host: u.Inst.Address, Path: path, RawPath: rawPath, RawQuery: r.URL.RawQuery}
+			out.URL = &url.URL{Scheme: sn.scheme, Host: u.Inst.Address, Path: g.outPath(r.URL.Path, sn, key), RawQuery: r.URL.RawQuery}
+			if r.URL.RawPath != "" {
+				out.URL.RawPath = g.outPath(r.URL.RawPath, sn, key)
+			}
 			out.RequestURI = ""
 			out.Close = false
-			out.Header = h
+			out.Header = o.header
 			if body != nil {
 				out.Body = io.NopCloser(bytes.NewReader(body))
 				out.GetBody = nil
@@ -443,6 +424,45 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 		u.inflight.Add(-1)
 		return
 	}
+}
+
+// outRequest is r as sent upstream: hop-by-hop headers removed, the
+// X-Forwarded headers set, the path trimmed and escaped.
+func (g *Gateway) outRequest(r *http.Request, sn *snapshot, key, ip string, client *fastWriter) outReq {
+	h := r.Header
+	removeHop(h)
+	xff := ip
+	if prior, ok := h["X-Forwarded-For"]; ok {
+		xff = strings.Join(prior, ", ") + ", " + ip
+	}
+	xproto := "http"
+	if r.TLS != nil {
+		xproto = "https"
+	}
+	if sn.scheme != "http" {
+		// http.Transport sends what the header map holds
+		h["X-Forwarded-For"] = []string{xff}
+		h["X-Forwarded-Proto"] = []string{xproto}
+		if r.Host != "" {
+			h["X-Forwarded-Host"] = []string{r.Host}
+		}
+		if _, ok := h["User-Agent"]; !ok {
+			h["User-Agent"] = emptyUA
+		}
+	}
+
+	path := g.outPath(r.URL.Path, sn, key)
+	rawPath := ""
+	if r.URL.RawPath != "" {
+		rawPath = g.outPath(r.URL.RawPath, sn, key)
+	}
+	escaped := path
+	if rawPath != "" || !plainPath(path) {
+		escaped = (&url.URL{Path: path, RawPath: rawPath}).EscapedPath()
+	}
+	return outReq{method: r.Method, path: escaped,
+		rawQuery: r.URL.RawQuery, host: r.Host, header: h, xff: xff, xproto: xproto,
+		cl: r.ContentLength, ctx: r.Context(), client: client}
 }
 
 // copyResponse sends resp to w; it reports whether the body was read to
