@@ -68,11 +68,14 @@ func (g *gateway) Start(ctx context.Context) error {
 		return fmt.Errorf("gateway data plane on %s: %w", g.cfg.Listen, err)
 	}
 	g.ln = ln
-	if g.cfg.Engine == "std" {
+	switch g.cfg.Engine {
+	case "std":
 		g.srv = &http.Server{Handler: g.ctl.GW, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
-	} else {
-		g.srv = &proxy.Server{Handler: g.ctl.GW, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
-			Logger: g.h.Logger()}
+	case "fast":
+		g.srv = g.fastServer()
+	default:
+		g.srv = &proxy.EventServer{GW: g.ctl.GW, Fallback: g.fastServer(), ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout: 120 * time.Second, Logger: g.h.Logger()}
 	}
 	g.serving.Store(true)
 	srv := g.srv
@@ -87,6 +90,11 @@ func (g *gateway) Start(ctx context.Context) error {
 	g.h.Go("variables-flush", g.ctl.FlushVariables)
 	g.h.Logger().Infof("data plane on %s, prefix %s, engine %s", ln.Addr(), g.cfg.Prefix, g.cfg.Engine)
 	return nil
+}
+
+func (g *gateway) fastServer() *proxy.Server {
+	return &proxy.Server{Handler: g.ctl.GW, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
+		Logger: g.h.Logger()}
 }
 
 // Stop drains the data plane: no new connections on this version (the

@@ -102,6 +102,7 @@ log:
 plugins:
   gateway:
     listen: 127.0.0.1:$GW
+    engine: ${ENGINE:-event}
     services:
       bench:
         upstreams:

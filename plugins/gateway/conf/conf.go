@@ -204,15 +204,16 @@ type Plugin struct {
 	Services map[string]StaticService `yaml:"services"`
 	// MaxIdleConnsPerHost sizes the keep-alive pool per upstream.
 	MaxIdleConnsPerHost int `yaml:"max_idle_conns_per_host"`
-	// Engine is the data plane's HTTP server: "fast" (the gateway's own
-	// HTTP/1.1 server, default) or "std" (net/http's, which also cancels
-	// the upstream request when the client goes away mid-request).
+	// Engine is the data plane's HTTP server: "event" (default: event
+	// loops on epoll for the common requests, the "fast" engine for the
+	// rest; Linux only, elsewhere it is "fast"), "fast" (the gateway's own
+	// HTTP/1.1 server, a goroutine per connection) or "std" (net/http's).
 	Engine string `yaml:"engine"`
 }
 
 // DefaultPlugin returns the plugin config before the YAML is applied.
 func DefaultPlugin() Plugin {
-	return Plugin{Listen: "127.0.0.1:8080", Prefix: "/", MaxIdleConnsPerHost: 512, Engine: "fast"}
+	return Plugin{Listen: "127.0.0.1:8080", Prefix: "/", MaxIdleConnsPerHost: 512, Engine: "event"}
 }
 
 // Normalize validates the plugin config.
@@ -248,11 +249,11 @@ func (p *Plugin) Normalize() error {
 		}
 	}
 	switch p.Engine {
-	case "", "fast":
-		p.Engine = "fast"
-	case "std":
+	case "":
+		p.Engine = "event"
+	case "event", "fast", "std":
 	default:
-		return fmt.Errorf("gateway.engine must be fast or std, got %q", p.Engine)
+		return fmt.Errorf("gateway.engine must be event, fast or std, got %q", p.Engine)
 	}
 	if p.MaxIdleConnsPerHost <= 0 {
 		p.MaxIdleConnsPerHost = 512

@@ -20,17 +20,17 @@ type chunkScan struct {
 type chunkState uint8
 
 const (
-	csSize     chunkState = iota // chunk-size digits
-	csExt                        // chunk extension, up to CR
-	csSizeLF                     // LF after the size line
-	csData                       // chunk data
-	csDataCR                     // CR after the data
-	csDataLF                     // LF after the data
-	csTrailer                    // start of a trailer line (or of the final CRLF)
-	csTrailerName                // a trailer field's name, up to its colon
-	csTrailerLine                // a trailer field's value
-	csTrailerLF                  // LF ending a trailer line
-	csFinalLF                    // LF of the final CRLF
+	csSize        chunkState = iota // chunk-size digits
+	csExt                           // chunk extension, up to CR
+	csSizeLF                        // LF after the size line
+	csData                          // chunk data
+	csDataCR                        // CR after the data
+	csDataLF                        // LF after the data
+	csTrailer                       // start of a trailer line (or of the final CRLF)
+	csTrailerName                   // a trailer field's name, up to its colon
+	csTrailerLine                   // a trailer field's value
+	csTrailerLF                     // LF ending a trailer line
+	csFinalLF                       // LF of the final CRLF
 	csDone
 )
 

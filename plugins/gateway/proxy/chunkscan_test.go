@@ -67,11 +67,11 @@ func TestChunkScan(t *testing.T) {
 	bad := []string{
 		"x\r\n",
 		"\r\n",
-		"3\nabc\r\n0\r\n\r\n",       // bare LF
-		"3\r\nabcd\r\n0\r\n\r\n",    // data longer than the size
-		"3\r\nabc\n0\r\n\r\n",       // data not ended by CRLF
+		"3\nabc\r\n0\r\n\r\n",        // bare LF
+		"3\r\nabcd\r\n0\r\n\r\n",     // data longer than the size
+		"3\r\nabc\n0\r\n\r\n",        // data not ended by CRLF
 		"3;\x00\r\nabc\r\n0\r\n\r\n", // control byte in the extension
-		"1000000000000000\r\n",      // 2^60
+		"1000000000000000\r\n",       // 2^60
 		"0\r\n: no name\r\n\r\n",
 		"0\r\nX: a\x01b\r\n\r\n",
 		"-1\r\n",

@@ -90,6 +90,27 @@ func (s *Server) Serve(ln net.Listener) error {
 
 var errTooManyFiles = errors.New("too many open files")
 
+// ServeConn serves one connection accepted elsewhere until it closes
+// (the event-loop engine hands over the connections it does not handle).
+// Shutdown waits for it like for the connections Serve accepted.
+func (s *Server) ServeConn(c net.Conn) {
+	fc := &fconn{c: c}
+	fc.idle.Store(true)
+	s.mu.Lock()
+	if s.conns == nil {
+		s.conns = map[*fconn]struct{}{}
+	}
+	if s.shutting.Load() {
+		s.mu.Unlock()
+		c.Close()
+		return
+	}
+	s.conns[fc] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go s.serveConn(fc)
+}
+
 // Shutdown stops accepting, closes idle connections and waits for the busy
 // ones to finish their current request (or ctx to end, then closes them).
 func (s *Server) Shutdown(ctx context.Context) error {

@@ -28,6 +28,7 @@ type h1Pool struct {
 	mu      sync.Mutex
 	idle    []*h1Conn
 	closed  bool
+	dead    atomic.Bool // closed, readable without the lock (event loops)
 }
 
 type h1Conn struct {
@@ -143,6 +144,7 @@ func (p *h1Pool) close() {
 	idle := p.idle
 	p.idle, p.closed = nil, true
 	p.mu.Unlock()
+	p.dead.Store(true)
 	for _, c := range idle {
 		c.c.Close()
 	}

@@ -46,25 +46,10 @@ var jsonCT = []string{"application/json; charset=utf-8"}
 // ServeHTTP routes one request of the data plane.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	path := r.URL.Path
-	if !strings.HasPrefix(path, g.opt.Prefix) {
-		g.metrics.unrouted.Add(1)
-		writeError(w, http.StatusNotFound, "path is outside the gateway prefix "+g.opt.Prefix)
-		return
-	}
-	rest := path[len(g.opt.Prefix):]
-	key := rest
-	if i := strings.IndexByte(rest, '/'); i >= 0 {
-		key = rest[:i]
-	}
-	s := g.lookup(key)
+	s, key, status, msg := g.route(r.URL.Path)
 	if s == nil {
 		g.metrics.unrouted.Add(1)
-		if key == "" {
-			writeError(w, http.StatusNotFound, "no routing key: want "+g.opt.Prefix+"<service>/...")
-		} else {
-			writeError(w, http.StatusNotFound, "unknown service "+strconv.Quote(key))
-		}
+		writeError(w, status, msg)
 		return
 	}
 	if fw, ok := w.(*fastWriter); ok {
@@ -82,6 +67,26 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sw := &statusWriter{ResponseWriter: w}
 	g.serveService(sw, r, s, key, nil)
 	s.m.observe(sw.status, time.Since(start))
+}
+
+// route finds the service a path is for; nil with the status and message
+// of the refusal when there is none.
+func (g *Gateway) route(path string) (s *Service, key string, status int, msg string) {
+	if !strings.HasPrefix(path, g.opt.Prefix) {
+		return nil, "", http.StatusNotFound, "path is outside the gateway prefix " + g.opt.Prefix
+	}
+	rest := path[len(g.opt.Prefix):]
+	key = rest
+	if i := strings.IndexByte(rest, '/'); i >= 0 {
+		key = rest[:i]
+	}
+	if s = g.lookup(key); s != nil {
+		return s, key, 0, ""
+	}
+	if key == "" {
+		return nil, "", http.StatusNotFound, "no routing key: want " + g.opt.Prefix + "<service>/..."
+	}
+	return nil, key, http.StatusNotFound, "unknown service " + strconv.Quote(key)
 }
 
 // statusWriter records the status for metrics. It keeps Flusher, Hijacker
