@@ -59,6 +59,7 @@ type EventServer struct {
 	shutting atomic.Bool
 	wg       sync.WaitGroup
 	handoffs atomic.Uint64
+	pauses   atomic.Uint64
 }
 
 // Handoffs counts the connections handed over to Fallback.
@@ -604,6 +605,7 @@ type evClient struct {
 	readable   bool
 	writable   bool
 	eof        bool // the client closed its side
+	hup        bool // an event said so: read until EOF
 	closeAfter bool
 	closed     bool
 	advancing  bool
@@ -617,9 +619,17 @@ func (c *evClient) pending() int { return len(c.out) - c.sent }
 
 func (c *evClient) idle() bool { return !c.ex.active && len(c.in) == 0 && c.pending() == 0 }
 
+// hupEvents mark a peer that closed its side (or a failed socket): the end
+// is a state, not data, so no new edge announces it after a short read;
+// reads then go on until they return 0 or EAGAIN (as nginx's pending_eof).
+const hupEvents = unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
+
 func (c *evClient) event(ev uint32) {
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+	if ev&(unix.EPOLLIN|hupEvents) != 0 {
 		c.readable = true
+	}
+	if ev&hupEvents != 0 {
+		c.hup = true
 	}
 	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		c.writable = true
@@ -649,7 +659,7 @@ func (c *evClient) fill() bool {
 		switch {
 		case err == 0 && n > 0:
 			c.in = c.in[:len(c.in)+n]
-			if n < len(room) {
+			if n < len(room) && !c.hup {
 				c.readable = false // drained: the next data brings an event
 			}
 			return true
@@ -1155,7 +1165,7 @@ func (ex *exchange) readAnswer() {
 		switch {
 		case err == 0 && n > 0:
 			up.in = up.in[:len(up.in)+n]
-			if n < len(room) {
+			if n < len(room) && !up.hup {
 				up.readable = false
 			}
 			ex.gotAny = true
@@ -1239,6 +1249,7 @@ func (ex *exchange) relay() {
 	}
 	if c.pending() > maxEvOut {
 		ex.paused = true // until the client has read it (see flush)
+		c.l.s.pauses.Add(1)
 	}
 }
 
@@ -1391,6 +1402,7 @@ type evUp struct {
 	sent     int
 	readable bool
 	writable bool
+	hup      bool
 	closed   bool
 	ex       *exchange // the exchange using it; nil while pooled
 	since    time.Time // pooled since
@@ -1401,13 +1413,16 @@ func (up *evUp) consume(n int) { up.in = up.in[:copy(up.in, up.in[n:])] }
 func (up *evUp) event(ev uint32) {
 	if up.ex == nil {
 		// pooled: the upstream closed it, or sent what nobody asked for
-		if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 && !up.stillIdle() {
+		if ev&(unix.EPOLLIN|hupEvents) != 0 && !up.stillIdle() {
 			up.close()
 		}
 		return
 	}
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+	if ev&(unix.EPOLLIN|hupEvents) != 0 {
 		up.readable = true
+	}
+	if ev&hupEvents != 0 {
+		up.hup = true
 	}
 	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		up.writable = true

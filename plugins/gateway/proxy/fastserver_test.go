@@ -61,138 +61,163 @@ func serve(t *testing.T, srv server) string {
 
 // startStack runs upstream <- Gateway <- Server on loopback and returns
 // the server's address.
-func startStack(t *testing.T, up http.HandlerFunc) string {
+func startStack(t *testing.T, engine string, up http.HandlerFunc) string {
 	t.Helper()
 	us := httptest.NewServer(up)
 	t.Cleanup(us.Close)
-	return serve(t, &Server{Handler: testGateway(t, us, conf.Default())})
+	return serve(t, newServer(engine, testGateway(t, us, conf.Default())))
+}
+
+// ownEngines are the gateway's own HTTP servers.
+var ownEngines = []string{"fast", "event"}
+
+func newServer(engine string, g *Gateway) server {
+	switch engine {
+	case "std":
+		return &http.Server{Handler: g}
+	case "event":
+		return &EventServer{GW: g, Fallback: &Server{Handler: g}}
+	}
+	return &Server{Handler: g}
+}
+
+func forEngine(t *testing.T, engines []string, f func(t *testing.T, engine string)) {
+	for _, e := range engines {
+		t.Run(e, func(t *testing.T) { f(t, e) })
+	}
 }
 
 func TestServerBodiesBothWays(t *testing.T) {
-	addr := startStack(t, func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		switch r.URL.Path {
-		case "/stream":
-			for i := 0; i < 3; i++ {
-				fmt.Fprintf(w, "part%d;", i)
-				w.(http.Flusher).Flush()
+	forEngine(t, ownEngines, func(t *testing.T, engine string) {
+		addr := startStack(t, engine, func(w http.ResponseWriter, r *http.Request) {
+			b, _ := io.ReadAll(r.Body)
+			switch r.URL.Path {
+			case "/stream":
+				for i := 0; i < 3; i++ {
+					fmt.Fprintf(w, "part%d;", i)
+					w.(http.Flusher).Flush()
+				}
+			case "/empty":
+				w.WriteHeader(http.StatusNoContent)
+			default:
+				w.Header().Set("X-Len", fmt.Sprint(len(b), r.ContentLength, r.TransferEncoding))
+				w.Write(b)
 			}
-		case "/empty":
-			w.WriteHeader(http.StatusNoContent)
-		default:
-			w.Header().Set("X-Len", fmt.Sprint(len(b), r.ContentLength, r.TransferEncoding))
-			w.Write(b)
-		}
-	})
-	c := &http.Client{}
-	// chunked request body (unknown length), streamed response
-	resp, err := c.Post("http://"+addr+"/svc/echo", "text/plain", io.MultiReader(strings.NewReader("abc"), strings.NewReader("def")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if string(b) != "abcdef" || resp.Header.Get("X-Len") != "6 -1 [chunked]" {
-		t.Fatalf("chunked echo: %q %q", b, resp.Header.Get("X-Len"))
-	}
-	resp, err = c.Get("http://" + addr + "/svc/stream")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ = io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if string(b) != "part0;part1;part2;" {
-		t.Fatalf("stream: %q", b)
-	}
-	req, _ := http.NewRequest("HEAD", "http://"+addr+"/svc/echo", nil)
-	resp, err = c.Do(req)
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("HEAD: %v %v", resp, err)
-	}
-	resp.Body.Close()
-	resp, err = c.Get("http://" + addr + "/svc/empty")
-	if err != nil || resp.StatusCode != 204 {
-		t.Fatalf("204: %v %v", resp, err)
-	}
-	resp.Body.Close()
-	// 100-continue
-	req, _ = http.NewRequest("PUT", "http://"+addr+"/svc/echo", strings.NewReader("continued"))
-	req.Header.Set("Expect", "100-continue")
-	resp, err = (&http.Client{Transport: &http.Transport{ExpectContinueTimeout: 5 * time.Second}}).Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ = io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if string(b) != "continued" {
-		t.Fatalf("100-continue: %q", b)
-	}
-}
-
-func TestServerPipeliningAndHTTP10(t *testing.T) {
-	addr := startStack(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.URL.Path) })
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	io.WriteString(conn, "GET /svc/one HTTP/1.1\r\nHost: x\r\n\r\nGET /svc/two HTTP/1.1\r\nHost: x\r\n\r\n")
-	br := bufio.NewReader(conn)
-	for _, want := range []string{"/one", "/two"} {
-		resp, err := http.ReadResponse(br, nil)
+		})
+		c := &http.Client{}
+		// chunked request body (unknown length), streamed response
+		resp, err := c.Post("http://"+addr+"/svc/echo", "text/plain", io.MultiReader(strings.NewReader("abc"), strings.NewReader("def")))
 		if err != nil {
 			t.Fatal(err)
 		}
 		b, _ := io.ReadAll(resp.Body)
-		if string(b) != want {
-			t.Fatalf("pipelined: %q, want %q", b, want)
+		resp.Body.Close()
+		if string(b) != "abcdef" || resp.Header.Get("X-Len") != "6 -1 [chunked]" {
+			t.Fatalf("chunked echo: %q %q", b, resp.Header.Get("X-Len"))
 		}
-	}
-	// HTTP/1.0 without keep-alive: answered, then closed
-	c2, _ := net.Dial("tcp", addr)
-	defer c2.Close()
-	io.WriteString(c2, "GET /svc/old HTTP/1.0\r\n\r\n")
-	all, _ := io.ReadAll(c2)
-	if !strings.HasPrefix(string(all), "HTTP/1.1 200 OK\r\n") || !strings.HasSuffix(string(all), "/old") {
-		t.Fatalf("HTTP/1.0: %q", all)
-	}
-	// garbage gets 400 and a close
-	c3, _ := net.Dial("tcp", addr)
-	defer c3.Close()
-	io.WriteString(c3, "NOT HTTP\r\n\r\n")
-	all, _ = io.ReadAll(c3)
-	if !strings.HasPrefix(string(all), "HTTP/1.1 400") {
-		t.Fatalf("garbage: %q", all)
-	}
+		resp, err = c.Get("http://" + addr + "/svc/stream")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "part0;part1;part2;" {
+			t.Fatalf("stream: %q", b)
+		}
+		req, _ := http.NewRequest("HEAD", "http://"+addr+"/svc/echo", nil)
+		resp, err = c.Do(req)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("HEAD: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		resp, err = c.Get("http://" + addr + "/svc/empty")
+		if err != nil || resp.StatusCode != 204 {
+			t.Fatalf("204: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		// 100-continue
+		req, _ = http.NewRequest("PUT", "http://"+addr+"/svc/echo", strings.NewReader("continued"))
+		req.Header.Set("Expect", "100-continue")
+		resp, err = (&http.Client{Transport: &http.Transport{ExpectContinueTimeout: 5 * time.Second}}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "continued" {
+			t.Fatalf("100-continue: %q", b)
+		}
+	})
+}
+
+func TestServerPipeliningAndHTTP10(t *testing.T) {
+	forEngine(t, ownEngines, func(t *testing.T, engine string) {
+		addr := startStack(t, engine, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.URL.Path) })
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		io.WriteString(conn, "GET /svc/one HTTP/1.1\r\nHost: x\r\n\r\nGET /svc/two HTTP/1.1\r\nHost: x\r\n\r\n")
+		br := bufio.NewReader(conn)
+		for _, want := range []string{"/one", "/two"} {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			if string(b) != want {
+				t.Fatalf("pipelined: %q, want %q", b, want)
+			}
+		}
+		// HTTP/1.0 without keep-alive: answered, then closed
+		c2, _ := net.Dial("tcp", addr)
+		defer c2.Close()
+		io.WriteString(c2, "GET /svc/old HTTP/1.0\r\n\r\n")
+		all, _ := io.ReadAll(c2)
+		if !strings.HasPrefix(string(all), "HTTP/1.1 200 OK\r\n") || !strings.HasSuffix(string(all), "/old") {
+			t.Fatalf("HTTP/1.0: %q", all)
+		}
+		// garbage gets 400 and a close
+		c3, _ := net.Dial("tcp", addr)
+		defer c3.Close()
+		io.WriteString(c3, "NOT HTTP\r\n\r\n")
+		all, _ = io.ReadAll(c3)
+		if !strings.HasPrefix(string(all), "HTTP/1.1 400") {
+			t.Fatalf("garbage: %q", all)
+		}
+	})
 }
 
 func TestServerShortUpstreamBodyClosesConnection(t *testing.T) {
-	addr := startStack(t, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", "100")
-		io.WriteString(w, "only a part")
-		// the handler returns early: the upstream connection closes short
+	forEngine(t, ownEngines, func(t *testing.T, engine string) {
+		addr := startStack(t, engine, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", "100")
+			io.WriteString(w, "only a part")
+			// the handler returns early: the upstream connection closes short
+		})
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		io.WriteString(conn, "GET /svc/x HTTP/1.1\r\nHost: x\r\n\r\n")
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		all, err := io.ReadAll(conn)
+		if err != nil {
+			t.Fatalf("connection not closed: %v", err)
+		}
+		if !strings.Contains(string(all), "Content-Length: 100") || !strings.HasSuffix(string(all), "only a part") {
+			t.Fatalf("got %q", all)
+		}
 	})
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	io.WriteString(conn, "GET /svc/x HTTP/1.1\r\nHost: x\r\n\r\n")
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	all, err := io.ReadAll(conn)
-	if err != nil {
-		t.Fatalf("connection not closed: %v", err)
-	}
-	if !strings.Contains(string(all), "Content-Length: 100") || !strings.HasSuffix(string(all), "only a part") {
-		t.Fatalf("got %q", all)
-	}
 }
 
 // A client that disconnects while the upstream is still working cancels
 // the upstream request: the gateway closes the upstream connection (the
 // upstream's request context ends) instead of waiting for the answer.
 func TestClientGoneCancelsUpstream(t *testing.T) {
-	for _, engine := range []string{"fast", "std"} {
+	for _, engine := range []string{"fast", "std", "event"} {
 		t.Run(engine, func(t *testing.T) {
 			started := make(chan struct{}, 1)
 			canceled := make(chan bool, 1)
@@ -211,11 +236,7 @@ func TestClientGoneCancelsUpstream(t *testing.T) {
 			}))
 			defer up.Close()
 			g := testGateway(t, up, conf.Default())
-			var srv server = &Server{Handler: g}
-			if engine == "std" {
-				srv = &http.Server{Handler: g}
-			}
-			addr := serve(t, srv)
+			addr := serve(t, newServer(engine, g))
 			c, err := net.Dial("tcp", addr)
 			if err != nil {
 				t.Fatal(err)
