@@ -317,6 +317,19 @@ func (l *loop) poll(wait time.Duration) (int, error) {
 func (l *loop) run() {
 	defer l.s.wg.Done()
 	l.swept = time.Now()
+	for !l.serve() {
+	}
+}
+
+// serve runs the loop until it ends (true) or something panicked outside
+// an event handler (false: the loop goes on, its connections intact).
+func (l *loop) serve() (ended bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			l.logf("event loop panicked: %v\n%s", p, debug.Stack())
+		}
+	}()
+	yielded := time.Now()
 	for {
 		n, err := l.poll(evSweepStep)
 		if err != nil && err != unix.EINTR {
@@ -336,13 +349,20 @@ func (l *loop) run() {
 				}
 			}
 		}
-		if now := time.Now(); now.Sub(l.swept) >= evSweepStep {
+		now := time.Now()
+		if now.Sub(l.swept) >= evSweepStep {
 			l.swept = now
 			l.sweep(now)
 		}
 		if l.killed || l.draining && len(l.conns) == 0 && l.dials == 0 {
 			l.exit()
-			return
+			return true
+		}
+		if now.Sub(yielded) >= time.Millisecond {
+			// a loop under load never blocks: let the rest of the
+			// process (management API, timers, GC workers) in
+			runtime.Gosched()
+			yielded = now
 		}
 	}
 }
