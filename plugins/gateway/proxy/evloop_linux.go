@@ -829,6 +829,8 @@ func (c *evClient) request(head []byte) bool {
 		}
 		if c.eof {
 			c.close()
+		} else if c.headSince.IsZero() {
+			c.headSince = time.Now() // the rest gets ReadHeaderTimeout too
 		}
 		return false
 	}

@@ -276,14 +276,15 @@ func TestEventShutdown(t *testing.T) {
 	}
 }
 
-// Connections idle too long, and heads that take too long, are closed.
+// Connections idle too long, and requests whose head or (buffered) body
+// take too long, are closed.
 func TestEventTimeouts(t *testing.T) {
 	us := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	defer us.Close()
 	g := testGateway(t, us, conf.Default())
 	addr := serve(t, &EventServer{GW: g, Fallback: &Server{Handler: g},
 		IdleTimeout: 300 * time.Millisecond, ReadHeaderTimeout: 300 * time.Millisecond})
-	for _, sent := range []string{"", "GET /svc/x HTTP/1.1\r\nHo"} {
+	for _, sent := range []string{"", "GET /svc/x HTTP/1.1\r\nHo", "POST /svc/x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"} {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
