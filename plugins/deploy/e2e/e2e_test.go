@@ -535,7 +535,8 @@ func TestDeploy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	crash(web.Instances[0].Address) // writes a line, then restarts
+	second := web.Instances[0]
+	crash(second.Address) // writes a line, then restarts
 	got := make(chan string, 1)
 	go func() {
 		var buf bytes.Buffer
@@ -558,6 +559,24 @@ func TestDeploy(t *testing.T) {
 		t.Fatal("follow did not deliver the new line")
 	}
 	resp.Body.Close()
+	// The supervisor sees the exit a moment after the crash: until then
+	// the instance still looks healthy, and the settle check below could
+	// pass before the restart it has to wait for.
+	noticed := time.Now().Add(15 * time.Second)
+	for {
+		web = e.proc("hello", "web")
+		restarted := false
+		for _, in := range web.Instances {
+			restarted = restarted || in.ID == second.ID && in.Restarts > second.Restarts
+		}
+		if restarted {
+			break
+		}
+		if time.Now().After(noticed) {
+			t.Fatalf("the second crash of %s was not noticed: %+v", second.ID, web)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	e.opOK("PATCH", "/api/v1/apps/hello/procs/web/", alice, map[string]any{"num_instances": 2})
 
 	// --- rollout ---
