@@ -18,6 +18,9 @@
 # configured to). wrk, the proxy and the upstream share this machine, so
 # read the ratios, not the absolute numbers.
 #
+# ENGINE=fast|std benchmarks the gateway with another data-plane engine
+# (default: event, the gateway's default).
+#
 # Usage: scripts/bench/gateway.sh [-d SECONDS] [-c CONNECTIONS]
 # Needs root to install missing packages (nginx haproxy caddy wrk).
 set -euo pipefail
