@@ -214,6 +214,7 @@ type loop struct {
 	rb     sliceWriter
 	bw     *bufio.Writer
 	swept  time.Time
+	now    time.Time // read once per batch of events
 	idleTO time.Duration
 	headTO time.Duration
 
@@ -302,15 +303,6 @@ func rawWrite(fd int, p []byte) (int, unix.Errno) {
 
 // poll returns the ready events, waiting up to wait when there are none.
 func (l *loop) poll(wait time.Duration) (int, error) {
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&l.events[0])),
-		uintptr(len(l.events)), 0, 0, 0)
-	if e == 0 && n > 0 {
-		return int(n), nil
-	}
-	if e != 0 && e != unix.EINTR {
-		return 0, e
-	}
-	runtime.Gosched() // let the rest of the process run before sleeping
 	return unix.EpollWait(l.epfd, l.events[:], int(wait/time.Millisecond))
 }
 
@@ -332,6 +324,7 @@ func (l *loop) serve() (ended bool) {
 	yielded := time.Now()
 	for {
 		n, err := l.poll(evSweepStep)
+		l.now = time.Now()
 		if err != nil && err != unix.EINTR {
 			l.logf("event loop stopped: epoll_wait: %v", err)
 			l.kill()
@@ -349,7 +342,7 @@ func (l *loop) serve() (ended bool) {
 				}
 			}
 		}
-		now := time.Now()
+		now := l.now
 		if now.Sub(l.swept) >= evSweepStep {
 			l.swept = now
 			l.sweep(now)
@@ -781,7 +774,7 @@ func (c *evClient) advance1() {
 				c.headSince = time.Time{}
 				c.release()
 			} else if c.headSince.IsZero() {
-				c.headSince = time.Now()
+				c.headSince = c.l.now
 			}
 			return
 		}
@@ -830,13 +823,13 @@ func (c *evClient) request(head []byte) bool {
 		if c.eof {
 			c.close()
 		} else if c.headSince.IsZero() {
-			c.headSince = time.Now() // the rest gets ReadHeaderTimeout too
+			c.headSince = c.l.now // the rest gets ReadHeaderTimeout too
 		}
 		return false
 	}
 	c.headSince = time.Time{}
 	g := c.l.s.GW
-	start := time.Now()
+	start := c.l.now // when the request's last bytes were seen ready
 	s, key, status, msg := g.route(r.URL.Path)
 	if s == nil {
 		g.metrics.unrouted.Add(1)
@@ -899,8 +892,8 @@ func (c *evClient) respond(r *http.Request, status int, msg, retryAfter string) 
 	if r.Close || c.l.draining {
 		c.closeAfter = true
 	}
-	c.out = appendError(c.outBuf(), status, msg, retryAfter, r.Method == http.MethodHead, c.closeAfter)
-	c.last = time.Now()
+	c.out = appendError(c.outBuf(), c.l.now, status, msg, retryAfter, r.Method == http.MethodHead, c.closeAfter)
+	c.last = c.l.now
 	c.flush()
 }
 
@@ -911,7 +904,7 @@ func (c *evClient) outBuf() []byte {
 	return c.out
 }
 
-func appendError(b []byte, status int, msg, retryAfter string, head, closeAfter bool) []byte {
+func appendError(b []byte, now time.Time, status int, msg, retryAfter string, head, closeAfter bool) []byte {
 	body := make([]byte, 0, 64+len(msg))
 	body = append(body, `{"message":`...)
 	body = strconv.AppendQuote(body, msg)
@@ -926,7 +919,7 @@ func appendError(b []byte, status int, msg, retryAfter string, head, closeAfter 
 		b = append(b, "\r\n"...)
 	}
 	b = append(b, "Date: "...)
-	b = append(b, httpDate()...)
+	b = append(b, httpDateAt(now)...)
 	b = append(b, "\r\nContent-Length: "...)
 	b = strconv.AppendInt(b, int64(len(body)), 10)
 	b = append(b, "\r\n"...)
@@ -1107,7 +1100,7 @@ func (ex *exchange) fail(status int, msg string) {
 	ex.active = false
 	c.respond(&http.Request{Method: ex.method, Close: ex.reqClose}, status, msg, "")
 	ex.s.m.observe(status, time.Since(ex.start))
-	c.last = time.Now()
+	c.last = c.l.now
 	c.advance()
 }
 
@@ -1381,7 +1374,7 @@ func (ex *exchange) answerHead(head []byte) bool {
 func (ex *exchange) endHead(b []byte, date, chunked bool) []byte {
 	if date {
 		b = append(b, "Date: "...)
-		b = append(b, httpDate()...)
+		b = append(b, httpDateAt(ex.c.l.now)...)
 		b = append(b, "\r\n"...)
 	}
 	if chunked {
@@ -1408,7 +1401,7 @@ func (ex *exchange) finish() {
 	ex.u.inflight.Add(-1)
 	ex.active = false
 	ex.s.m.observe(ex.status, time.Since(ex.start))
-	c.last = time.Now()
+	c.last = c.l.now
 	if !c.flush() {
 		return
 	}

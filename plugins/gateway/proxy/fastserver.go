@@ -391,8 +391,10 @@ func (w *fastWriter) Header() http.Header { return w.h }
 
 var dateCache atomic.Pointer[[2]string] // unix second, formatted
 
-func httpDate() string {
-	now := time.Now()
+func httpDate() string { return httpDateAt(time.Now()) }
+
+// httpDateAt is httpDate for a time the caller has read already.
+func httpDateAt(now time.Time) string {
 	sec := strconv.FormatInt(now.Unix(), 10)
 	if d := dateCache.Load(); d != nil && d[0] == sec {
 		return d[1]
