@@ -288,16 +288,21 @@ func (l *loop) runTasks() {
 // the Go scheduler does not see the loop's P enter a syscall, and sysmon
 // has no P to take back and hand off after each one (with plain syscalls,
 // sysmon woke every 20µs and the loop often had to wait for a P when the
-// call returned: ~10% of the CPU time). Only an epoll_wait that may sleep
+// call returned: ~10% of the CPU time). Only epoll_wait, which may sleep,
 // goes through the scheduler.
+//
+// recvfrom and sendto rather than read and write: on a socket they skip
+// the VFS layer (measured: vfs_read, vfs_write and fdget_pos were ~3% of
+// the loop's samples), and MSG_NOSIGNAL spares the process a SIGPIPE when
+// the peer is gone.
 
 func rawRead(fd int, p []byte) (int, unix.Errno) {
-	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), 0, 0, 0)
 	return int(n), e
 }
 
 func rawWrite(fd int, p []byte) (int, unix.Errno) {
-	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	n, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), unix.MSG_NOSIGNAL, 0, 0)
 	return int(n), e
 }
 
