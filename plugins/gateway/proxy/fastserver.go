@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -64,8 +65,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			if s.shutting.Load() {
 				return ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTooManyFiles) {
+			if retryAccept(err) {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				time.Sleep(backoff)
 				continue
@@ -88,7 +88,15 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
-var errTooManyFiles = errors.New("too many open files")
+// retryAccept reports whether Accept failed for a passing reason: a
+// timeout, or the process (or system) out of file descriptors, which
+// closing connections cures. Serve then backs off and tries again
+// instead of ending the data plane.
+func retryAccept(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
+}
 
 // ServeConn serves one connection accepted elsewhere until it closes
 // (the event-loop engine hands over the connections it does not handle).

@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -277,4 +279,50 @@ func TestClientGoneCancelsUpstream(t *testing.T) {
 			}
 		})
 	}
+}
+
+// failingListener fails its first Accepts as a process out of file
+// descriptors does.
+type failingListener struct {
+	net.Listener
+	fails int
+}
+
+func (l *failingListener) Accept() (net.Conn, error) {
+	if l.fails > 0 {
+		l.fails--
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+// Running out of file descriptors is passing: Serve backs off and goes on
+// (it used to return, which ended the data plane for good).
+func TestServeSurvivesEMFILE(t *testing.T) {
+	forEngine(t, ownEngines, func(t *testing.T, engine string) {
+		us := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+		defer us.Close()
+		srv := newServer(engine, testGateway(t, us, conf.Default()))
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve(&failingListener{Listener: ln, fails: 3}) }()
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + ln.Addr().String() + "/svc/x")
+		if err != nil {
+			t.Fatalf("after EMFILE: %v", err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "ok" {
+			t.Fatalf("after EMFILE: %q", b)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		if err := <-served; err != ErrServerClosed {
+			t.Fatalf("Serve: %v", err)
+		}
+	})
 }
