@@ -116,16 +116,25 @@ func (p *Pool) release(s *socket) {
 // acceptLoop hands each accepted connection to whichever handle asks first.
 // The channel is unbuffered: with no handle accepting, connections wait in
 // the kernel's queue, not here.
+// Only the socket's close ends it: other Accept errors (out of file
+// descriptors, buffers or memory) pass, so it backs off and tries again.
 func (s *socket) acceptLoop() {
+	var backoff time.Duration
 	for {
 		c, err := s.ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if s.closed() || errors.Is(err, net.ErrClosed) {
+				return
 			}
-			return
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			select {
+			case <-time.After(backoff):
+			case <-s.stop:
+				return
+			}
+			continue
 		}
+		backoff = 0
 		select {
 		case s.conns <- c:
 		case <-s.stop:

@@ -3,6 +3,8 @@ package listeners
 import (
 	"io"
 	"net"
+	"os"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -50,5 +52,43 @@ func TestSocketSurvivesHandover(t *testing.T) {
 	}
 	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 		t.Fatal("socket still accepting after last handle closed")
+	}
+}
+
+// failingListener fails its first Accepts as a process out of file
+// descriptors does.
+type failingListener struct {
+	net.Listener
+	fails int
+}
+
+func (l *failingListener) Accept() (net.Conn, error) {
+	if l.fails > 0 {
+		l.fails--
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+// Running out of file descriptors is passing: the socket goes on accepting
+// (its accept loop used to end, leaving the address open but unserved).
+func TestAcceptSurvivesEMFILE(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &socket{ln: &failingListener{Listener: ln, fails: 3}, conns: make(chan net.Conn), stop: make(chan struct{})}
+	go s.acceptLoop()
+	defer s.close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case sc := <-s.conns:
+		sc.Close()
+	case <-time.After(10 * time.Second):
+		t.Fatal("no connection accepted after EMFILE")
 	}
 }
