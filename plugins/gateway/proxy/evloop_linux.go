@@ -501,6 +501,9 @@ func (l *loop) sweep(now time.Time) {
 	for hp, p := range l.pools {
 		keep := p.idle[:0]
 		for _, up := range p.idle {
+			if up.closed {
+				continue // the upstream closed it while pooled
+			}
 			if hp.dead.Load() || now.Sub(up.since) > upIdleLimit {
 				up.close()
 			} else {
@@ -1171,6 +1174,9 @@ func (ex *exchange) readAnswer() {
 		if cap(up.in)-len(up.in) < 512 {
 			if ex.headSent || cap(up.in) >= maxEvHead {
 				ex.relay() // make room
+				if !ex.active || ex.up != up {
+					return // the exchange moved on
+				}
 				if cap(up.in)-len(up.in) < 512 {
 					ex.transportErr(errors.New("upstream answer head too large"), false)
 					return
@@ -1396,7 +1402,7 @@ func (ex *exchange) finish() {
 	c, up := ex.c, ex.up
 	if up != nil {
 		up.ex, ex.up = nil, nil
-		if ex.upClose || ex.mode == bodyUntilClose || len(up.in) > 0 {
+		if ex.upClose || ex.mode == bodyUntilClose || len(up.in) > 0 || up.hup {
 			up.close()
 		} else {
 			up.pool.put(up)
