@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -339,5 +340,99 @@ func TestEventConcurrentClients(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// Random sequences of requests, pipelined on one connection, get the same
+// answers from the event engine as from net/http's server: requests the
+// loops take, ones that hand the connection over midway (chunked and
+// large bodies, odd heads), answers of every framing.
+func TestEventPipelinedMixMatchesStd(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		sum := fmt.Sprintf("%s %s %d %x", r.Method, r.URL.RequestURI(), len(b), sha256.Sum256(b))
+		switch {
+		case strings.HasPrefix(r.URL.Path, "/chunked"):
+			w.Write([]byte(sum))
+			w.(http.Flusher).Flush()
+			w.Write([]byte(" and more"))
+		case strings.HasPrefix(r.URL.Path, "/big"):
+			w.Header().Set("X-Sum", sum)
+			w.Write(bigBody(100 << 10))
+		case strings.HasPrefix(r.URL.Path, "/nocontent"):
+			w.Header().Set("X-Sum", sum)
+			w.WriteHeader(http.StatusNoContent)
+		case strings.HasPrefix(r.URL.Path, "/teapot"):
+			w.WriteHeader(418)
+			w.Write([]byte(sum))
+		default:
+			w.Write([]byte(sum))
+		}
+	}))
+	defer up.Close()
+	cfg := conf.Default()
+	cfg.ReverseProxy.RetryCount = 0
+	g := testGateway(t, up, cfg)
+	ev := serve(t, &EventServer{GW: g, Fallback: &Server{Handler: g}, Loops: 2})
+	std := serve(t, &http.Server{Handler: g})
+
+	big := string(bigBody(80 << 10))
+	templates := []string{
+		"GET /svc/a?i=%d HTTP/1.1\r\nHost: h\r\n\r\n",
+		"GET /svc/chunked/%d HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n",
+		"GET /svc/big/%d HTTP/1.1\r\nHost: h\r\n\r\n",
+		"HEAD /svc/big/%d HTTP/1.1\r\nHost: h\r\n\r\n",
+		"GET /svc/nocontent/%d HTTP/1.1\r\nHost: h\r\n\r\n",
+		"GET /svc/teapot/%d HTTP/1.1\r\nHost: h\r\n\r\n",
+		"POST /svc/post/%d HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+		"POST /svc/empty/%d HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+		"PUT /svc/chunk/%d HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+		"POST /svc/large/%d HTTP/1.1\r\nHost: h\r\nContent-Length: " + fmt.Sprint(len(big)) + "\r\n\r\n" + big,
+		"GET /svc/pct%%20%d HTTP/1.1\r\nHost: h\r\n\r\n",
+		"GET /svc/hdr/%d HTTP/1.1\r\nHost: h\r\nx-lower: v\r\nX-Dup: 1\r\nX-Dup: 2\r\n\r\n",
+		"GET /nosuch/%d HTTP/1.1\r\nHost: h\r\n\r\n",
+		"GET /svc/old/%d HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n",
+	}
+	// answers reads n answers from c and describes them
+	answers := func(addr string, raw string, methods []string) []string {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		go io.WriteString(c, raw)
+		br := bufio.NewReader(c)
+		var out []string
+		for _, m := range methods {
+			resp, err := http.ReadResponse(br, &http.Request{Method: m})
+			if err != nil {
+				out = append(out, "error: "+err.Error())
+				return out
+			}
+			b, err := io.ReadAll(resp.Body)
+			if err != nil {
+				out = append(out, "body error: "+err.Error())
+				return out
+			}
+			out = append(out, fmt.Sprintf("%d sum=%q len=%d %x", resp.StatusCode, resp.Header.Get("X-Sum"), len(b), sha256.Sum256(b)))
+		}
+		return out
+	}
+	seed := time.Now().UnixNano()
+	rnd := rand.New(rand.NewPCG(uint64(seed), 1))
+	for round := 0; round < 12; round++ {
+		var raw strings.Builder
+		var methods []string
+		for i := 0; i < 2+rnd.IntN(12); i++ {
+			tpl := templates[rnd.IntN(len(templates))]
+			fmt.Fprintf(&raw, tpl, i)
+			methods = append(methods, strings.Fields(tpl)[0])
+		}
+		e, s := answers(ev, raw.String(), methods), answers(std, raw.String(), methods)
+		if strings.Join(e, "\n") != strings.Join(s, "\n") {
+			t.Fatalf("seed %d round %d: requests\n%q\nevent engine:\n%s\nnet/http:\n%s", seed, round, raw.String(),
+				strings.Join(e, "\n"), strings.Join(s, "\n"))
+		}
 	}
 }
