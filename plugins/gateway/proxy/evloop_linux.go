@@ -62,6 +62,9 @@ type EventServer struct {
 	pauses   atomic.Uint64
 }
 
+// evTestHook, when set (by tests only), sees each request a loop takes.
+var evTestHook func(*http.Request)
+
 // Handoffs counts the connections handed over to Fallback.
 func (s *EventServer) Handoffs() uint64 { return s.handoffs.Load() }
 
@@ -835,6 +838,9 @@ func (c *evClient) request(head []byte) bool {
 		return false
 	}
 	c.headSince = time.Time{}
+	if evTestHook != nil {
+		evTestHook(r)
+	}
 	g := c.l.s.GW
 	start := c.l.now // when the request's last bytes were seen ready
 	s, key, status, msg := g.route(r.URL.Path)

@@ -436,3 +436,54 @@ func TestEventPipelinedMixMatchesStd(t *testing.T) {
 		}
 	}
 }
+
+// A panic while a loop handles a request closes that connection only:
+// the loop, its other connections and the process go on.
+func TestEventPanicClosesOnlyItsConnection(t *testing.T) {
+	evTestHook = func(r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/boom") {
+			panic("boom")
+		}
+	}
+	defer func() { evTestHook = nil }()
+	us := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer us.Close()
+	g := testGateway(t, us, conf.Default())
+	addr := serve(t, &EventServer{GW: g, Fallback: &Server{Handler: g}, Loops: 1})
+	// a kept-alive connection on the same (single) loop before the panic
+	other, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	obr := bufio.NewReader(other)
+	get := func(c net.Conn, br *bufio.Reader, path string) (string, error) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", path)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return "", err
+		}
+		b, err := io.ReadAll(resp.Body)
+		return string(b), err
+	}
+	if b, err := get(other, obr, "/svc/x"); err != nil || b != "ok" {
+		t.Fatalf("before: %q %v", b, err)
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := get(c, bufio.NewReader(c), "/svc/boom"); err == nil {
+		t.Fatal("the panicking request got an answer")
+	}
+	if b, err := get(other, obr, "/svc/x"); err != nil || b != "ok" {
+		t.Fatalf("the other connection after the panic: %q %v", b, err)
+	}
+	resp, err := http.Get("http://" + addr + "/svc/x")
+	if err != nil {
+		t.Fatalf("a new connection after the panic: %v", err)
+	}
+	resp.Body.Close()
+}
