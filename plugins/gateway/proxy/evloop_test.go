@@ -445,7 +445,7 @@ func TestEventPanicClosesOnlyItsConnection(t *testing.T) {
 			panic("boom")
 		}
 	}
-	defer func() { evTestHook = nil }()
+	t.Cleanup(func() { evTestHook = nil }) // after the server's cleanup: its loops are gone
 	us := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	defer us.Close()
 	g := testGateway(t, us, conf.Default())
