@@ -100,27 +100,7 @@ func (s *EventServer) Serve(ln net.Listener) error {
 		go l.run()
 	}
 	s.mu.Unlock()
-	var backoff time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if s.shutting.Load() {
-				return ErrServerClosed
-			}
-			if retryAccept(err) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				time.Sleep(backoff)
-				continue
-			}
-			return err
-		}
-		backoff = 0
-		if s.shutting.Load() {
-			c.Close()
-			return ErrServerClosed
-		}
-		s.adopt(c)
-	}
+	return acceptLoop(ln, &s.shutting, s.adopt)
 }
 
 // adopt gives an accepted connection to the next loop.

@@ -161,8 +161,9 @@ func TestFastEngineMatchesStd(t *testing.T) {
 		check(raw, fu, fr, su, sr)
 		check(raw, eu, er, su, sr)
 	}
-	if got := evs.Handoffs(); got != wantHandoffs {
-		t.Errorf("the event loops handed over %d connections, want %d", got, wantHandoffs)
+	// (only the Linux engine has loops; elsewhere it is the fast engine)
+	if h, ok := any(evs).(interface{ Handoffs() uint64 }); ok && h.Handoffs() != wantHandoffs {
+		t.Errorf("the event loops handed over %d connections, want %d", h.Handoffs(), wantHandoffs)
 	}
 	// the same on one kept-alive connection per engine (the fast engine
 	// reuses a request's memory for the next one), twice over so that

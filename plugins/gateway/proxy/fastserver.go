@@ -53,16 +53,20 @@ var ErrServerClosed = http.ErrServerClosed
 // Serve accepts connections on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
-	if s.conns == nil {
-		s.conns = map[*fconn]struct{}{}
-	}
 	s.ln = ln
 	s.mu.Unlock()
+	return acceptLoop(ln, &s.shutting, s.ServeConn)
+}
+
+// acceptLoop accepts connections on ln and passes each to serve until
+// shutting is set (ErrServerClosed) or Accept fails for good; passing
+// failures (see retryAccept) are retried after a growing pause.
+func acceptLoop(ln net.Listener, shutting *atomic.Bool, serve func(net.Conn)) error {
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			if s.shutting.Load() {
+			if shutting.Load() {
 				return ErrServerClosed
 			}
 			if retryAccept(err) {
@@ -73,18 +77,11 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		backoff = 0
-		fc := &fconn{c: c}
-		fc.idle.Store(true)
-		s.mu.Lock()
-		if s.shutting.Load() {
-			s.mu.Unlock()
+		if shutting.Load() {
 			c.Close()
 			return ErrServerClosed
 		}
-		s.conns[fc] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go s.serveConn(fc)
+		serve(c)
 	}
 }
 
