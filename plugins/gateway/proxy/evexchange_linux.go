@@ -51,7 +51,6 @@ type exchange struct {
 	cs       chunkScan
 	upClose  bool
 	paused   bool
-	rr       rawResp
 }
 
 type bodyMode uint8
@@ -301,7 +300,7 @@ func (ex *exchange) relay() {
 // exchange moved on (retried, failed) or waits for the next head.
 func (ex *exchange) answerHead(head []byte) bool {
 	up, c := ex.up, ex.c
-	rr := &ex.rr
+	rr := &c.l.rr // scratch: used up before this returns
 	var resp *http.Response
 	fast := parseRespFast(head, ex.method, rr)
 	status := rr.status

@@ -190,6 +190,9 @@ type loop struct {
 	free   [][]byte
 	rb     sliceWriter
 	bw     *bufio.Writer
+	// rr is the answer head being relayed: one per loop, not per
+	// connection (it is ~2.3 KB and used only within answerHead)
+	rr     rawResp
 	swept  time.Time
 	now    time.Time // read once per batch of events
 	idleTO time.Duration
