@@ -680,7 +680,16 @@ func TestLogFollowEndsWhenDraining(t *testing.T) {
 	f := e.setup("sleep-30", "huawei")
 	b := e.startBuild(f, "huawei")
 	e.wait(b.ID, 10*time.Second, StatusRunning)
-	waitProc(t, b.ID, "sleep 30") // the recipe has written its first line
+	waitProc(t, b.ID, "sleep 30")
+	// The recipe has written its first line, but the runner copies it into
+	// the log file from a pipe: wait until it is there, or the follow
+	// below may end (on draining) before it arrives.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(string(e.do("GET", "/api/build/"+b.ID+"/log", "", 200)), "tag=sleep-30"); {
+		if time.Now().After(deadline) {
+			t.Fatal("the recipe's first line never reached the build log")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	req, _ := http.NewRequest("GET", e.url+"/api/build/"+b.ID+"/log?follow=1", nil)
 	req.SetBasicAuth("admin", "guessme")
 	resp, err := http.DefaultClient.Do(req)
