@@ -207,9 +207,10 @@ func TestEventHandoffMidConnection(t *testing.T) {
 // Shutdown lets a request in flight finish, closes idle connections at
 // once, and returns when all is done.
 func TestEventShutdown(t *testing.T) {
-	release := make(chan struct{})
+	release, arrived := make(chan struct{}), make(chan struct{})
 	us := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
+			close(arrived)
 			<-release
 		}
 		io.WriteString(w, "done")
@@ -242,7 +243,11 @@ func TestEventShutdown(t *testing.T) {
 	}
 	defer busy.Close()
 	io.WriteString(busy, "GET /svc/slow HTTP/1.1\r\nHost: x\r\n\r\n")
-	time.Sleep(100 * time.Millisecond) // the request reaches the upstream
+	select {
+	case <-arrived: // the request is in flight
+	case <-time.After(10 * time.Second):
+		t.Fatal("the slow request never reached the upstream")
+	}
 	shut := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
