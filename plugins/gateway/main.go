@@ -75,7 +75,7 @@ func (g *gateway) Start(ctx context.Context) error {
 		g.srv = g.fastServer()
 	default:
 		g.srv = &proxy.EventServer{GW: g.ctl.GW, Fallback: g.fastServer(), ReadHeaderTimeout: 10 * time.Second,
-			IdleTimeout: 120 * time.Second, Logger: g.h.Logger()}
+			IdleTimeout: 120 * time.Second, Logger: g.h.Logger(), Loops: g.cfg.Loops}
 	}
 	g.serving.Store(true)
 	srv := g.srv

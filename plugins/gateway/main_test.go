@@ -408,3 +408,30 @@ func TestHealthChecks(t *testing.T) {
 		}
 	}
 }
+
+// The data plane's engine settings: every engine serves, with any number
+// of loops; bad values are refused when the instance is made.
+func TestEngineConfig(t *testing.T) {
+	b := newBackend(t, "a")
+	for _, cfg := range []string{"engine: event\nloops: 1\n", "engine: event\nloops: 3\n", "engine: fast\n", "engine: std\n"} {
+		f := start(t, hostWith(t, cfg+"services:\n  svc:\n    upstreams:\n      - {id: a, address: "+b.addr()+"}\n"))
+		for i := 0; i < 6; i++ { // over several connections, so every loop serves
+			req, _ := http.NewRequest("GET", f.data+"/svc/x", nil)
+			req.Close = true
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatalf("%q: %v", cfg, err)
+			}
+			io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("%q: status %d", cfg, resp.StatusCode)
+			}
+		}
+	}
+	for cfg, want := range map[string]string{"loops: -1\n": "gateway.loops", "engine: turbo\n": "gateway.engine"} {
+		if _, err := newAPI(hostWith(t, cfg)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want one naming %s", cfg, err, want)
+		}
+	}
+}

@@ -209,6 +209,10 @@ type Plugin struct {
 	// rest; Linux only, elsewhere it is "fast"), "fast" (the gateway's own
 	// HTTP/1.1 server, a goroutine per connection) or "std" (net/http's).
 	Engine string `yaml:"engine"`
+	// Loops is the number of event loops of the event engine (0: one per
+	// CPU, GOMAXPROCS). Fewer leave CPU time to the rest of the process
+	// when the data plane is saturated (see the README).
+	Loops int `yaml:"loops"`
 }
 
 // DefaultPlugin returns the plugin config before the YAML is applied.
@@ -257,6 +261,9 @@ func (p *Plugin) Normalize() error {
 	}
 	if p.MaxIdleConnsPerHost <= 0 {
 		p.MaxIdleConnsPerHost = 512
+	}
+	if p.Loops < 0 {
+		return fmt.Errorf("gateway.loops must be 0 (one per CPU) or more, got %d", p.Loops)
 	}
 	return nil
 }
