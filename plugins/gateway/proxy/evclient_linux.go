@@ -21,10 +21,8 @@ type evClient struct {
 	in         []byte // received, not yet handled
 	out        []byte // answer bytes; out[sent:] not yet written
 	sent       int
-	readable   bool
-	writable   bool
+	sockState
 	eof        bool // the client closed its side
-	hup        bool // an event said so: read until EOF
 	closeAfter bool
 	closed     bool
 	advancing  bool
@@ -38,21 +36,8 @@ func (c *evClient) pending() int { return len(c.out) - c.sent }
 
 func (c *evClient) idle() bool { return !c.ex.active && len(c.in) == 0 && c.pending() == 0 }
 
-// hupEvents mark a peer that closed its side (or a failed socket): the end
-// is a state, not data, so no new edge announces it after a short read;
-// reads then go on until they return 0 or EAGAIN (as nginx's pending_eof).
-const hupEvents = unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
-
 func (c *evClient) event(ev uint32) {
-	if ev&(unix.EPOLLIN|hupEvents) != 0 {
-		c.readable = true
-	}
-	if ev&hupEvents != 0 {
-		c.hup = true
-	}
-	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		c.writable = true
-	}
+	c.note(ev)
 	if c.writable && c.pending() > 0 && !c.flush() {
 		return
 	}
@@ -99,25 +84,15 @@ func (c *evClient) fill() bool {
 
 // flush writes pending answer bytes; false if the connection failed.
 func (c *evClient) flush() bool {
-	for c.pending() > 0 {
-		n, err := rawWrite(c.fd, c.out[c.sent:])
-		if err == 0 && n > 0 {
-			c.sent += n
-			if c.pending() > 0 {
-				c.writable = false // the socket buffer is full: wait for an event
-				return true
-			}
-			break
-		}
-		switch err {
-		case unix.EAGAIN:
-			c.writable = false
-			return true
-		case unix.EINTR:
-			continue
-		default:
+	if c.pending() > 0 {
+		n, err := c.send(c.fd, c.out[c.sent:])
+		c.sent += n
+		if err != 0 {
 			c.abort(os.NewSyscallError("write", err))
 			return false
+		}
+		if c.pending() > 0 {
+			return true // the socket is full: an event says when it drains
 		}
 	}
 	c.out, c.sent = c.out[:0], 0
@@ -314,12 +289,7 @@ func (c *evClient) outBuf() []byte {
 }
 
 func appendError(b []byte, now time.Time, status int, msg, retryAfter string, head, closeAfter bool) []byte {
-	body := make([]byte, 0, 64+len(msg))
-	body = append(body, `{"message":`...)
-	body = strconv.AppendQuote(body, msg)
-	body = append(body, `,"code":`...)
-	body = strconv.AppendInt(body, int64(status), 10)
-	body = append(body, "}\n"...)
+	body := appendErrorBody(make([]byte, 0, 64+len(msg)), status, msg)
 	b = append(b, statusLine(status)...)
 	b = append(b, "Content-Type: application/json; charset=utf-8\r\n"...)
 	if retryAfter != "" {

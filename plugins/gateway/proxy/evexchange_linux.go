@@ -437,17 +437,15 @@ func (ex *exchange) finish() {
 
 // evUp is an upstream connection owned by a loop.
 type evUp struct {
-	l        *loop
-	fd       int
-	pool     *evPool
-	in, out  []byte
-	sent     int
-	readable bool
-	writable bool
-	hup      bool
-	closed   bool
-	ex       *exchange // the exchange using it; nil while pooled
-	since    time.Time // pooled since
+	l       *loop
+	fd      int
+	pool    *evPool
+	in, out []byte
+	sent    int
+	sockState
+	closed bool
+	ex     *exchange // the exchange using it; nil while pooled
+	since  time.Time // pooled since
 }
 
 func (up *evUp) consume(n int) { up.in = up.in[:copy(up.in, up.in[n:])] }
@@ -460,15 +458,7 @@ func (up *evUp) event(ev uint32) {
 		}
 		return
 	}
-	if ev&(unix.EPOLLIN|hupEvents) != 0 {
-		up.readable = true
-	}
-	if ev&hupEvents != 0 {
-		up.hup = true
-	}
-	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		up.writable = true
-	}
+	up.note(ev)
 	if up.sent < len(up.out) {
 		if !up.writable || !up.flush() {
 			return
@@ -488,29 +478,19 @@ func (up *evUp) stillIdle() bool {
 
 // flush writes the request; false if the connection failed.
 func (up *evUp) flush() bool {
-	for up.sent < len(up.out) {
-		n, err := rawWrite(up.fd, up.out[up.sent:])
-		if err == 0 && n > 0 {
-			up.sent += n
-			if up.sent < len(up.out) {
-				up.writable = false
-				return true
-			}
-			break
-		}
-		switch err {
-		case unix.EAGAIN:
-			up.writable = false
-			return true
-		case unix.EINTR:
-			continue
-		default:
+	if up.sent < len(up.out) {
+		n, err := up.send(up.fd, up.out[up.sent:])
+		up.sent += n
+		if err != 0 {
 			if ex := up.ex; ex != nil {
 				ex.transportErr(&net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", err)}, false)
 			} else {
 				up.close()
 			}
 			return false
+		}
+		if up.sent < len(up.out) {
+			return true // the socket is full: an event says when it drains
 		}
 	}
 	up.out, up.sent = nil, 0

@@ -171,6 +171,57 @@ func (s *EventServer) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// hupEvents mark a peer that closed its side (or a failed socket): the end
+// is a state, not data, so no new edge announces it after a short read;
+// reads then go on until they return 0 or EAGAIN (as nginx's pending_eof).
+const hupEvents = unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
+
+// sockState is what a loop knows of a socket's readiness. Events are
+// edge-triggered, so a flag stays set until a read or write finds the
+// socket drained or full.
+type sockState struct {
+	readable bool
+	writable bool
+	hup      bool // the peer hung up: read until EOF
+}
+
+func (s *sockState) note(ev uint32) {
+	if ev&(unix.EPOLLIN|hupEvents) != 0 {
+		s.readable = true
+	}
+	if ev&hupEvents != 0 {
+		s.hup = true
+	}
+	if ev&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		s.writable = true
+	}
+}
+
+// send writes p on fd until it is all sent or the socket is full (then
+// writable is cleared: a short write means full, so no write ends in
+// EAGAIN on the way). It returns the bytes sent and a failure, if any.
+func (s *sockState) send(fd int, p []byte) (int, unix.Errno) {
+	sent := 0
+	for sent < len(p) {
+		n, err := rawWrite(fd, p[sent:])
+		switch {
+		case err == 0 && n > 0:
+			sent += n
+			if sent < len(p) {
+				s.writable = false
+				return sent, 0
+			}
+		case err == unix.EAGAIN, err == 0: // (0 bytes written: taken as full)
+			s.writable = false
+			return sent, 0
+		case err == unix.EINTR:
+		default:
+			return sent, err
+		}
+	}
+	return sent, 0
+}
+
 // evHandler is what a descriptor in a loop's epoll set stands for.
 type evHandler interface {
 	event(ev uint32)
@@ -426,7 +477,7 @@ func (l *loop) addClient(fd int, remote string) {
 		unix.Close(fd)
 		return
 	}
-	c := &evClient{l: l, fd: fd, remote: remote, writable: true, last: time.Now()}
+	c := &evClient{l: l, fd: fd, remote: remote, sockState: sockState{writable: true}, last: time.Now()}
 	c.ip = remote
 	if host, _, err := net.SplitHostPort(remote); err == nil {
 		c.ip = host
@@ -583,7 +634,7 @@ func (l *loop) dialed(p *evPool, ex *exchange, gen uint64, fd int, err error) {
 		unix.Close(fd)
 		return
 	}
-	up := &evUp{l: l, fd: fd, pool: p, writable: true}
+	up := &evUp{l: l, fd: fd, pool: p, sockState: sockState{writable: true}}
 	if err := l.register(fd, up); err != nil {
 		unix.Close(fd)
 		if current {

@@ -32,13 +32,16 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 	h := w.Header()
 	h["Content-Type"] = jsonCT
 	w.WriteHeader(status)
-	b := make([]byte, 0, 64+len(msg))
+	_, _ = w.Write(appendErrorBody(make([]byte, 0, 64+len(msg)), status, msg))
+}
+
+// appendErrorBody appends the envelope of an error to b.
+func appendErrorBody(b []byte, status int, msg string) []byte {
 	b = append(b, `{"message":`...)
 	b = strconv.AppendQuote(b, msg)
 	b = append(b, `,"code":`...)
 	b = strconv.AppendInt(b, int64(status), 10)
-	b = append(b, "}\n"...)
-	_, _ = w.Write(b)
+	return append(b, "}\n"...)
 }
 
 var jsonCT = []string{"application/json; charset=utf-8"}
