@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -494,15 +493,8 @@ func TestCancelAndQueue(t *testing.T) {
 // line is cmdline.
 func waitProc(t *testing.T, id, cmdline string) {
 	t.Helper()
-	for i := 0; ; i++ {
-		ps := procs.WithEnv("APPBUILD_BUILD_ID=" + id)
-		if slices.ContainsFunc(ps, func(p procs.Proc) bool { return p.Cmdline == cmdline }) {
-			return
-		}
-		if i == 200 {
-			t.Fatalf("build %s runs no %q after 10s: %v", id, cmdline, ps)
-		}
-		time.Sleep(50 * time.Millisecond)
+	if ok, ps := procs.Await("APPBUILD_BUILD_ID="+id, cmdline, 10*time.Second); !ok {
+		t.Fatalf("build %s runs no %q after 10s: %v", id, cmdline, ps)
 	}
 }
 

@@ -80,6 +80,25 @@ func WithEnv(kv string) []Proc {
 	return out
 }
 
+// Await waits up to timeout until a process whose environment holds kv
+// runs the command line cmdline; it returns whether one did and the
+// processes with kv it saw last.
+func Await(kv, cmdline string, timeout time.Duration) (bool, []Proc) {
+	deadline := time.Now().Add(timeout)
+	for {
+		ps := WithEnv(kv)
+		for _, p := range ps {
+			if p.Cmdline == cmdline {
+				return true, ps
+			}
+		}
+		if time.Now().After(deadline) {
+			return false, ps
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // GroupAlive reports whether a process of group pgid has not exited
 // (zombies, which nobody may reap, do not count).
 func GroupAlive(pgid int) bool {

@@ -35,6 +35,12 @@ func TestFindAndKill(t *testing.T) {
 	if HasEnv(os.Getpid(), kv) {
 		t.Fatal("HasEnv true for a process without the variable")
 	}
+	if ok, ps := Await(kv, "sleep 61.5", 10*time.Second); !ok {
+		t.Fatalf("Await did not see the sleep: %v", ps)
+	}
+	if ok, _ := Await(kv, "sleep 99", 100*time.Millisecond); ok {
+		t.Fatal("Await saw a command nobody runs")
+	}
 	for i := 0; len(WithEnv(kv)) < 2; i++ {
 		if i == 200 {
 			t.Fatalf("want sh and sleep, found %v", WithEnv(kv))
