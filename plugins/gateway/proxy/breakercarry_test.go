@@ -9,20 +9,27 @@ import (
 	"github.com/plugd/plugd/plugins/gateway/conf"
 )
 
-// Changing breaker settings keeps each instance's breaker state: an open
-// breaker stays open, a closed one keeps its streak of failures.
-func TestBreakerSettingsChangeKeepsState(t *testing.T) {
-	var fail atomic.Bool
+// failingStack is a Gateway with service "svc" whose one instance answers
+// 500 while fail is set; no retries, a breaker tripping after maxFailures.
+func failingStack(t *testing.T, fail *atomic.Bool, maxFailures uint32) *Gateway {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if fail.Load() {
 			w.WriteHeader(http.StatusInternalServerError)
 		}
 	}))
-	defer up.Close()
+	t.Cleanup(up.Close)
 	cfg := conf.Default()
 	cfg.ReverseProxy.RetryCount = 0
-	cfg.Breaker = conf.Breaker{MaxFailures: 2, HalfOpenMaxRequests: 1, OpenTimeout: "1h"}
-	g := testGateway(t, up, cfg)
+	cfg.Breaker = conf.Breaker{MaxFailures: maxFailures, HalfOpenMaxRequests: 1, OpenTimeout: "1h"}
+	return testGateway(t, up, cfg)
+}
+
+// Changing breaker settings keeps each instance's breaker state: an open
+// breaker stays open, a closed one keeps its streak of failures.
+func TestBreakerSettingsChangeKeepsState(t *testing.T) {
+	fail := new(atomic.Bool)
+	g := failingStack(t, fail, 2)
+	cfg, _, _ := g.Config("svc")
 	get := func() int {
 		rec := httptest.NewRecorder()
 		g.ServeHTTP(rec, httptest.NewRequest("GET", "/svc/x", nil))
@@ -91,17 +98,8 @@ func TestBreakerSettingsChangeKeepsState(t *testing.T) {
 // the breaker's rule: it opens after max_failures consecutive failures,
 // and a success in between resets the streak.
 func TestBreakerStreakWithQuietAdmission(t *testing.T) {
-	var fail atomic.Bool
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if fail.Load() {
-			w.WriteHeader(http.StatusInternalServerError)
-		}
-	}))
-	defer up.Close()
-	cfg := conf.Default()
-	cfg.ReverseProxy.RetryCount = 0
-	cfg.Breaker = conf.Breaker{MaxFailures: 3, HalfOpenMaxRequests: 1, OpenTimeout: "1h"}
-	g := testGateway(t, up, cfg)
+	fail := new(atomic.Bool)
+	g := failingStack(t, fail, 3)
 	state := func() string {
 		st, _ := g.State("svc")
 		return st.UpstreamStates[0].BreakerState
