@@ -523,9 +523,14 @@ func (p *plugin) reapOrphans(ctx context.Context) error {
 
 // finish applies fn to a running build and settles it: ended time, off the
 // active list, lease dropped. A build already settled is left alone.
+//
+// Retention is decided in the same transaction, so whoever sees this build
+// settled also sees the builds it pushed out marked removed; their files go
+// after the commit.
 func (p *plugin) finish(ctx context.Context, id string, fn func(b *Build)) error {
-	var app string
+	var evicted []string
 	err := p.store.Update(ctx, func(tx sdk.Tx) error {
+		evicted = nil
 		var b Build
 		if err := getJSON(tx, kBuild+id, &b); err != nil {
 			return err
@@ -539,70 +544,75 @@ func (p *plugin) finish(ctx context.Context, id string, fn func(b *Build)) error
 		if b.Status == StatusFailed && b.LogTail == "" {
 			b.LogTail = logTail(filepath.Join(p.logsDir, id+".log"), 2048)
 		}
-		app = b.AppID
 		if err := putJSON(tx, kBuild+id, b); err != nil {
 			return err
 		}
 		if err := tx.Delete(kActive + id); err != nil {
 			return err
 		}
-		return tx.Delete(kLease + id)
-	})
-	if err == nil && app != "" {
-		if rerr := p.retain(ctx, app); rerr != nil {
-			p.h.Logger().WithError(rerr).Error("applying retention")
+		if err := tx.Delete(kLease + id); err != nil {
+			return err
 		}
+		var err error
+		evicted, err = p.retain(tx, b.AppID)
+		return err
+	})
+	if err == nil {
+		p.removeArtifacts(evicted)
 	}
 	p.poke()
 	return err
 }
 
-// retain removes the artifacts of all but the newest cfg.Retention builds
-// with artifacts of the app. Records and logs stay.
-func (p *plugin) retain(ctx context.Context, appID string) error {
-	if p.cfg.Retention == 0 {
-		return nil
+// retain marks removed all but the newest cfg.Retention settled builds with
+// artifacts of the app, and returns the ids it marked. Records and logs stay.
+func (p *plugin) retain(tx sdk.Tx, appID string) ([]string, error) {
+	if p.cfg.Retention == 0 || appID == "" {
+		return nil, nil
 	}
-	idx, err := p.store.List(ctx, kAppBuild+appID+"/")
+	idx, err := tx.List(kAppBuild + appID + "/")
 	if err != nil {
-		return err
+		return nil, err
 	}
+	var evicted []string
 	kept := 0
 	for i := len(idx) - 1; i >= 0; i-- {
 		id := strings.TrimPrefix(idx[i].Key, kAppBuild+appID+"/")
-		b, err := p.getBuild(ctx, id)
-		if err != nil {
-			return err
+		var b Build
+		if err := getJSON(tx, kBuild+id, &b); err != nil {
+			return nil, err
 		}
-		if !b.done() || b.Removed || !hasArtifacts(b) {
+		if !b.done() || b.Removed || !hasArtifacts(&b) {
 			continue
 		}
-		kept++
-		if kept <= p.cfg.Retention {
+		if kept++; kept <= p.cfg.Retention {
 			continue
 		}
+		b.Removed = true
+		for i := range b.Results {
+			for j := range b.Results[i].Artifacts {
+				b.Results[i].Artifacts[j].URL = ""
+			}
+		}
+		if err := putJSON(tx, kBuild+id, b); err != nil {
+			return nil, err
+		}
+		evicted = append(evicted, id)
+	}
+	return evicted, nil
+}
+
+// removeArtifacts deletes the artifact directories of builds already marked
+// removed. Downloads answer 410 from the mark, so a failure here costs disk,
+// not correctness; it is logged.
+func (p *plugin) removeArtifacts(ids []string) {
+	for _, id := range ids {
 		if err := os.RemoveAll(filepath.Join(p.artifactsDir, id)); err != nil {
-			return err
-		}
-		err = p.store.Update(ctx, func(tx sdk.Tx) error {
-			var b Build
-			if err := getJSON(tx, kBuild+id, &b); err != nil {
-				return err
-			}
-			b.Removed = true
-			for i := range b.Results {
-				for j := range b.Results[i].Artifacts {
-					b.Results[i].Artifacts[j].URL = ""
-				}
-			}
-			return putJSON(tx, kBuild+id, b)
-		})
-		if err != nil {
-			return err
+			p.h.Logger().WithError(err).WithField("build", id).Error("removing artifacts by retention")
+			continue
 		}
 		p.h.Logger().WithField("build", id).Info("artifacts removed by retention")
 	}
-	return nil
 }
 
 func hasArtifacts(b *Build) bool {

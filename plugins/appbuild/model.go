@@ -88,20 +88,33 @@ func (c Channel) MarshalJSON() ([]byte, error) {
 	}{plain(c), c.Platform})
 }
 
-var idCounter atomic.Uint32
+// idCounter and idSalt make ids from one instance unique and ordered;
+// idSalt (random per instance) keeps two instances generating in the same
+// tick apart.
+var (
+	idCounter atomic.Uint32
+	idSalt    [3]byte
+)
 
 func init() {
 	var b [4]byte
 	rand.Read(b[:])
-	idCounter.Store(binary.BigEndian.Uint32(b[:]))
+	// Start in the lower half of the 24 bits used, so the counter does not
+	// wrap (and sort backwards) before 8M ids.
+	idCounter.Store(binary.BigEndian.Uint32(b[:]) & (1<<23 - 1))
+	rand.Read(idSalt[:])
 }
 
-// newID returns a 24-hex ObjectId-style id: 4 bytes of seconds, 5 random
-// bytes, a 3-byte counter. Ids sort by creation second.
+// newID returns a 24-hex id that sorts in creation order, which the
+// history index and retention rely on: 4 bytes of Unix seconds (as in an
+// ObjectId, so older ids still sort before newer ones), 2 bytes of the
+// fraction of the second, 3 bytes of per-instance salt and a 3-byte counter.
 func newID() string {
+	now := time.Now()
 	var b [12]byte
-	binary.BigEndian.PutUint32(b[0:4], uint32(time.Now().Unix()))
-	rand.Read(b[4:9])
+	binary.BigEndian.PutUint32(b[0:4], uint32(now.Unix()))
+	binary.BigEndian.PutUint16(b[4:6], uint16(uint64(now.Nanosecond())<<16/1e9))
+	copy(b[6:9], idSalt[:])
 	c := idCounter.Add(1)
 	b[9], b[10], b[11] = byte(c>>16), byte(c>>8), byte(c)
 	return hex.EncodeToString(b[:])
