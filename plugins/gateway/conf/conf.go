@@ -10,13 +10,27 @@ import (
 	"time"
 )
 
-// ReverseProxy is the seed's reverse_proxy block.
+// ReverseProxy is the seed's reverse_proxy block. ResponseHeaderTimeout is
+// an addition: how long an upstream may take to answer a request it was
+// sent (the head; a body may take longer), DefaultResponseHeaderTimeout
+// when empty, no limit when "0s".
 type ReverseProxy struct {
-	TrimRoutingKeyPrefix bool   `json:"trim_routing_key_prefix" yaml:"trim_routing_key_prefix"`
-	RetryCount           int    `json:"retry_count" yaml:"retry_count"`
-	DialTimeout          string `json:"dial_timeout" yaml:"dial_timeout"`
-	TLSHandshakeTimeout  string `json:"tls_handshake_timeout" yaml:"tls_handshake_timeout"`
-	Scheme               string `json:"scheme" yaml:"scheme"`
+	TrimRoutingKeyPrefix  bool   `json:"trim_routing_key_prefix" yaml:"trim_routing_key_prefix"`
+	RetryCount            int    `json:"retry_count" yaml:"retry_count"`
+	DialTimeout           string `json:"dial_timeout" yaml:"dial_timeout"`
+	TLSHandshakeTimeout   string `json:"tls_handshake_timeout" yaml:"tls_handshake_timeout"`
+	Scheme                string `json:"scheme" yaml:"scheme"`
+	ResponseHeaderTimeout string `json:"response_header_timeout,omitempty" yaml:"response_header_timeout"`
+}
+
+// DefaultResponseHeaderTimeout is nginx's proxy_read_timeout default.
+const DefaultResponseHeaderTimeout = 60 * time.Second
+
+// ResponseHeaderTimeoutOrDefault is the effective response_header_timeout;
+// 0 means no limit. The value must have passed Validate.
+func (r ReverseProxy) ResponseHeaderTimeoutOrDefault() time.Duration {
+	d, _ := Duration("reverse_proxy.response_header_timeout", r.ResponseHeaderTimeout, DefaultResponseHeaderTimeout)
+	return d
 }
 
 // LoadBalance is the seed's load_balance block. HashHeader is an addition:
@@ -127,6 +141,9 @@ func (r ReverseProxy) Validate() error {
 		return err
 	}
 	if _, err := Duration("reverse_proxy.tls_handshake_timeout", r.TLSHandshakeTimeout, 0); err != nil {
+		return err
+	}
+	if _, err := Duration("reverse_proxy.response_header_timeout", r.ResponseHeaderTimeout, 0); err != nil {
 		return err
 	}
 	switch r.Scheme {

@@ -286,6 +286,8 @@ func TestGateway(t *testing.T) {
 			{"PUT", "/management/config/load_balance", `{"service_name":"nope","config":{"strategy":"random"}}`, 404},
 			{"PUT", "/management/config/rate_limiter", `{"service_name":"test","config":{"rate":"fast"}}`, 400},
 			{"PUT", "/management/config/breaker", `{"service_name":"test","config":{"open_timeout":"later"}}`, 400},
+			{"PUT", "/management/config/reverse_proxy", `{"service_name":"test","config":{"response_header_timeout":"soon"}}`, 400},
+			{"PUT", "/management/config/reverse_proxy", `{"service_name":"test","config":{"response_header_timeout":"-1s"}}`, 400},
 			{"PUT", "/management/program/variable", `{"value":1}`, 400},
 			{"PUT", "/management/program/info", `{"expr":"!!!","name":"p","service_name":"test"}`, 400},
 			{"GET", "/management/upstream/service/state?service_name=nope", "", 404},
@@ -488,6 +490,39 @@ func TestGateway(t *testing.T) {
 		if strings.Contains(string(data), `"breaker_state":"open"`) || strings.Contains(string(data), "half-open") || bad.hits.Load() < 4 {
 			t.Fatalf("after recovery: %s (bad hits %d)", data, bad.hits.Load())
 		}
+	})
+
+	t.Run("response header timeout", func(t *testing.T) {
+		g.t = t
+		// an upstream that takes requests and never answers
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() { io.Copy(io.Discard, c); c.Close() }()
+			}
+		}()
+		g.ok("PUT", "/registry/instance", `{"service_name":"mute","id":"m1","address":"`+ln.Addr().String()+`","ttl":"30s"}`)
+		g.ok("PUT", "/management/config/reverse_proxy", `{"service_name":"mute","config":{"trim_routing_key_prefix":true,"retry_count":0,"response_header_timeout":"300ms"}}`)
+		if data := g.ok("GET", "/management/config?service_name=mute", ""); !strings.Contains(string(data), `"response_header_timeout":"300ms"`) {
+			t.Fatalf("config: %s", data)
+		}
+		start := time.Now()
+		st, body, _ := g.get("/mute/x")
+		if st != 504 || !strings.Contains(body, `did not answer within 300ms`) {
+			t.Fatalf("mute upstream: %d %s", st, body)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("504 after %v, want about 300ms", d)
+		}
+		g.ok("DELETE", "/registry/instance?service_name=mute&id=m1", "")
 	})
 
 	t.Run("retries", func(t *testing.T) {

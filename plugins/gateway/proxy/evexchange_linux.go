@@ -42,7 +42,8 @@ type exchange struct {
 	done   func(error)
 	up     *evUp
 	reused bool
-	gotAny bool // answer bytes arrived on this attempt
+	gotAny bool      // answer bytes arrived on this attempt
+	sentAt time.Time // this attempt's request went out (loop clock)
 
 	headSent bool
 	status   int
@@ -109,7 +110,7 @@ func (ex *exchange) connect(fresh bool) {
 }
 
 func (ex *exchange) send(up *evUp) {
-	ex.up, ex.gotAny = up, false
+	ex.up, ex.gotAny, ex.sentAt = up, false, ex.c.l.now
 	up.ex = ex
 	up.out, up.sent = ex.req, 0
 	if up.in == nil {
@@ -157,6 +158,30 @@ func (ex *exchange) transportErr(err error, dialErr bool) {
 		return
 	}
 	ex.fail(http.StatusBadGateway, "upstream "+ex.u.Inst.ID+" of service "+strconv.Quote(ex.key)+" failed: "+err.Error())
+}
+
+// noAnswer ends an attempt whose upstream did not begin its answer within
+// the service's response_header_timeout (see loop.sweep): the connection is
+// closed, which cancels the request there, the breaker counts a failure,
+// and an idempotent request goes to another instance while retries last.
+func (ex *exchange) noAnswer() {
+	up := ex.up
+	up.ex, ex.up = nil, nil
+	up.close()
+	ex.u.inflight.Add(-1)
+	ex.u.report(ex.done, errNoAnswer)
+	if ex.attempts <= ex.sn.retries && ex.idem {
+		ex.s.m.retries.Add(1)
+		ex.dispatch()
+		return
+	}
+	ex.fail(http.StatusGatewayTimeout, noAnswerMsg(ex.u, ex.key, ex.sn.respTO))
+}
+
+// awaitsAnswer reports whether the exchange's upstream is past its
+// response_header_timeout without having sent a complete head.
+func (ex *exchange) awaitsAnswer(now time.Time) bool {
+	return ex.active && ex.up != nil && !ex.headSent && ex.sn.respTO > 0 && now.Sub(ex.sentAt) > ex.sn.respTO
 }
 
 // clientGone: the client closed or reset its connection while the

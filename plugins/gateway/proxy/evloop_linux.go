@@ -529,10 +529,13 @@ func (l *loop) exit() {
 }
 
 // sweep closes connections idle too long, heads that take too long, and
-// pooled upstream connections of closed pools or idle too long.
+// pooled upstream connections of closed pools or idle too long, and ends
+// attempts whose upstream is past its response_header_timeout.
 func (l *loop) sweep(now time.Time) {
 	for c := range l.conns {
 		switch {
+		case c.ex.awaitsAnswer(now):
+			l.safely(c, c.ex.noAnswer)
 		case c.idle() && now.Sub(c.last) > l.idleTO:
 			c.close()
 		case !c.ex.active && len(c.in) > 0 && !c.headSince.IsZero() && now.Sub(c.headSince) > l.headTO:

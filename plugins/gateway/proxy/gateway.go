@@ -257,6 +257,7 @@ func (g *Gateway) publish(s *Service, sn *snapshot) error {
 	}
 	sn.retries = sn.cfg.ReverseProxy.RetryCount
 	sn.trim = sn.cfg.ReverseProxy.TrimRoutingKeyPrefix
+	sn.respTO = sn.cfg.ReverseProxy.ResponseHeaderTimeoutOrDefault()
 	sn.hashHdr = sn.cfg.LoadBalance.HashHeader
 	sn.slp = sn.cfg.SLP
 	sn.keeps = false

@@ -173,6 +173,7 @@ type outReq struct {
 	body                   io.Reader
 	cl                     int64 // body length, -1 unknown (chunked)
 	ctx                    context.Context
+	respTO                 time.Duration // response_header_timeout; 0: none
 	// client, when set, is watched for a disconnect while the upstream
 	// is slow to answer (the fast engine has no per-request context)
 	client *fastWriter
@@ -193,12 +194,20 @@ const (
 	slowMax = 100 * time.Millisecond
 )
 
-// awaitAnswer waits for the first byte of the upstream's answer on c. With
-// client set, it watches the client from the moment the answer is slow,
-// and closes the upstream connection when the client goes away.
-func (c *h1Conn) awaitAnswer(client *fastWriter) error {
-	if client == nil {
+// errNoAnswer: the upstream did not begin its answer within the service's
+// response_header_timeout; the connection was closed.
+var errNoAnswer = errors.New("no answer within response_header_timeout")
+
+// awaitAnswer waits for the first byte of the upstream's answer on c, at
+// most respTO (0: no limit). With client set, it watches the client from
+// the moment the answer is slow, and closes the upstream connection when
+// the client goes away.
+func (c *h1Conn) awaitAnswer(client *fastWriter, respTO time.Duration) error {
+	if client == nil { // roundTrip set the deadline for respTO
 		_, err := c.br.Peek(1)
+		if respTO > 0 && isTimeout(err) && !c.dl.IsZero() && !time.Now().Before(c.dl) {
+			return errNoAnswer
+		}
 		return err
 	}
 	c.armDeadline(client)
@@ -207,9 +216,14 @@ func (c *h1Conn) awaitAnswer(client *fastWriter) error {
 	for {
 		_, err := c.br.Peek(1)
 		if err != nil && stop == nil && isTimeout(err) {
-			// slow: watch the client, wait without deadline
-			c.c.SetReadDeadline(time.Time{})
-			c.dl = time.Time{}
+			// slow: watch the client, wait until respTO from now (the
+			// limit is thus up to slowMax late)
+			var dl time.Time
+			if respTO > 0 {
+				dl = time.Now().Add(respTO)
+			}
+			c.c.SetReadDeadline(dl)
+			c.dl = dl
 			g := new(atomic.Bool)
 			gone = g
 			stop = client.watch(func() {
@@ -220,9 +234,15 @@ func (c *h1Conn) awaitAnswer(client *fastWriter) error {
 		}
 		if stop != nil {
 			stop()
+			// no deadline after a slow wait: armDeadline sets a fresh one
+			// for the next request, and the rest of this answer has none
+			c.clearDeadline()
 		}
 		if gone != nil && gone.Load() {
 			return errClientGone
+		}
+		if stop != nil && respTO > 0 && isTimeout(err) {
+			return errNoAnswer
 		}
 		return err
 	}
@@ -399,9 +419,14 @@ func (p *h1Pool) roundTrip(o *outReq, fresh, raw bool) (*http.Response, *h1Excha
 		// the slow-answer deadline is in place before the request leaves
 		// (the write waits for the answer, see upWriter)
 		c.armDeadline(o.client)
+	} else if o.respTO > 0 {
+		// no client to watch (the context is): the deadline is the
+		// response_header_timeout, in place before the request leaves
+		c.dl = time.Now().Add(o.respTO)
+		c.c.SetReadDeadline(c.dl)
 	} else {
-		// no client to watch: no deadline (one left by an exchange of the
-		// fast engine on this pooled connection would fail the wait)
+		// no deadline (one left by an exchange of the fast engine on
+		// this pooled connection would fail the wait)
 		c.clearDeadline()
 	}
 	if err := writeRequest(c.bw, o, &c.w); err != nil {
@@ -411,7 +436,7 @@ func (p *h1Pool) roundTrip(o *outReq, fresh, raw bool) (*http.Response, *h1Excha
 		}
 		return nil, nil, err
 	}
-	if err := c.awaitAnswer(o.client); err != nil {
+	if err := c.awaitAnswer(o.client, o.respTO); err != nil {
 		ex.done(false)
 		if err != errClientGone && reused && ctx.Err() == nil && (err == io.EOF || errors.Is(err, io.ErrUnexpectedEOF) || isReset(err)) {
 			return nil, nil, errStale

@@ -399,6 +399,11 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 				s.m.retries.Add(1)
 				continue
 			}
+			if err == errNoAnswer || !dialErr && isTimeout(err) {
+				// errNoAnswer, or http.Transport's ResponseHeaderTimeout
+				writeError(w, http.StatusGatewayTimeout, noAnswerMsg(u, key, sn.respTO))
+				return
+			}
 			writeError(w, http.StatusBadGateway, "upstream "+u.Inst.ID+" of service "+strconv.Quote(key)+" failed: "+err.Error())
 			return
 		}
@@ -432,6 +437,11 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 		u.inflight.Add(-1)
 		return
 	}
+}
+
+func noAnswerMsg(u *Upstream, key string, respTO time.Duration) string {
+	return "upstream " + u.Inst.ID + " of service " + strconv.Quote(key) + " did not answer within " +
+		respTO.String() + " (response_header_timeout)"
 }
 
 // outRequest is r as sent upstream: hop-by-hop headers removed, the
@@ -470,7 +480,7 @@ func (g *Gateway) outRequest(r *http.Request, sn *snapshot, key, ip string, clie
 	}
 	return outReq{method: r.Method, path: escaped,
 		rawQuery: r.URL.RawQuery, host: r.Host, header: h, xff: xff, xproto: xproto,
-		cl: r.ContentLength, ctx: r.Context(), client: client}
+		cl: r.ContentLength, ctx: r.Context(), client: client, respTO: sn.respTO}
 }
 
 // copyResponse sends resp to w; it reports whether the body was read to

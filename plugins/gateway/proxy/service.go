@@ -88,6 +88,7 @@ type snapshot struct {
 	scheme    string
 	retries   int
 	trim      bool
+	respTO    time.Duration // response_header_timeout; 0: none
 	hashHdr   string
 	slp       string
 	progs     []*program.Program
@@ -119,11 +120,13 @@ func newTransport(rp conf.ReverseProxy, idle int) *http.Transport {
 		MaxIdleConnsPerHost: idle,
 		IdleConnTimeout:     90 * time.Second,
 		TLSHandshakeTimeout: tlsTO,
-		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12},
-		DisableCompression:  true,
-		ForceAttemptHTTP2:   false,
-		WriteBufferSize:     32 << 10,
-		ReadBufferSize:      32 << 10,
+		// what response_header_timeout means in the other engines
+		ResponseHeaderTimeout: rp.ResponseHeaderTimeoutOrDefault(),
+		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     false,
+		WriteBufferSize:       32 << 10,
+		ReadBufferSize:        32 << 10,
 		// ExpectContinueTimeout stays 0: bodies are sent at once.
 	}
 }
