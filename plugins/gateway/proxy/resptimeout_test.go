@@ -189,3 +189,43 @@ func TestResponseHeaderTimeoutRetries(t *testing.T) {
 		}
 	})
 }
+
+// https upstreams go through http.Transport, whose ResponseHeaderTimeout
+// error must be told apart from its other timeouts.
+func TestResponseHeaderTimeoutHTTPS(t *testing.T) {
+	forEngine(t, allEngines, func(t *testing.T, engine string) {
+		t.Parallel()
+		up := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/hang" {
+				<-r.Context().Done()
+				return
+			}
+			io.WriteString(w, "tls")
+		}))
+		t.Cleanup(up.Close)
+		cfg := conf.Default()
+		cfg.ReverseProxy.RetryCount = 0
+		cfg.ReverseProxy.Scheme = "https"
+		cfg.ReverseProxy.ResponseHeaderTimeout = "300ms"
+		g := New(Options{})
+		t.Cleanup(g.Close)
+		if err := g.SetConfig("svc", cfg, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.SetInstances("svc", []sdk.Instance{{ID: "u", Address: strings.TrimPrefix(up.URL, "https://")}}); err != nil {
+			t.Fatal(err)
+		}
+		// trust the test server's certificate (there is no CA setting)
+		g.lookup("svc").load().transport.TLSClientConfig.RootCAs = up.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
+		base := "http://" + serve(t, newServer(engine, g))
+		cl := &http.Client{Timeout: 10 * time.Second}
+		t.Cleanup(cl.CloseIdleConnections)
+		if code, body := get(t, cl, "GET", base+"/svc/x"); code != 200 || body != "tls" {
+			t.Fatalf("https upstream: %d %q", code, body)
+		}
+		code, body := get(t, cl, "GET", base+"/svc/hang")
+		if code != http.StatusGatewayTimeout || !strings.Contains(body, "did not answer within 300ms") {
+			t.Fatalf("hanging https upstream: %d %s", code, body)
+		}
+	})
+}

@@ -399,8 +399,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 				s.m.retries.Add(1)
 				continue
 			}
-			if err == errNoAnswer || !dialErr && isTimeout(err) {
-				// errNoAnswer, or http.Transport's ResponseHeaderTimeout
+			if err == errNoAnswer || transportNoAnswer(err) {
 				writeError(w, http.StatusGatewayTimeout, noAnswerMsg(u, key, sn.respTO))
 				return
 			}
@@ -437,6 +436,13 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 		u.inflight.Add(-1)
 		return
 	}
+}
+
+// transportNoAnswer reports whether err is http.Transport's
+// ResponseHeaderTimeout (https upstreams). Its error type is unexported;
+// other timeouts (TLS handshake, dial) are 502s and must not match.
+func transportNoAnswer(err error) bool {
+	return isTimeout(err) && strings.Contains(err.Error(), "timeout awaiting response headers")
 }
 
 func noAnswerMsg(u *Upstream, key string, respTO time.Duration) string {
