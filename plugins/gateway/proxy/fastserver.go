@@ -176,9 +176,12 @@ type limitReader struct {
 	n int64
 }
 
+// errHeadTooLarge: a request head beyond maxHeaderBytes (431).
+var errHeadTooLarge = errors.New("request head too large")
+
 func (l *limitReader) Read(p []byte) (int, error) {
 	if l.n <= 0 {
-		return 0, errors.New("request head too large")
+		return 0, errHeadTooLarge
 	}
 	if int64(len(p)) > l.n {
 		p = p[:l.n]
@@ -283,10 +286,14 @@ func (s *Server) serveConn(fc *fconn) {
 		}
 		lr.n = math.MaxInt64
 		if err != nil {
-			if err != io.EOF {
+			switch {
+			case errors.Is(err, errHeadTooLarge):
+				// as net/http answers (and nginx, with 400)
+				bw.WriteString("HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 23\r\n\r\nrequest head too large\n")
+			case err != io.EOF:
 				bw.WriteString("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 12\r\n\r\nbad request\n")
-				bw.Flush()
 			}
+			bw.Flush()
 			return
 		}
 		if !fast || req.Body != http.NoBody {

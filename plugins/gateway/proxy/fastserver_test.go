@@ -326,3 +326,38 @@ func TestServeSurvivesEMFILE(t *testing.T) {
 		}
 	})
 }
+
+// A request head beyond 1 MiB gets 431, as from net/http, and a head just
+// under the limit is served.
+func TestHeadTooLarge(t *testing.T) {
+	forEngine(t, allEngines, func(t *testing.T, engine string) {
+		addr := startStack(t, engine, func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprint(w, len(r.Header.Get("X-Big")))
+		})
+		for _, c := range []struct {
+			size int
+			want int
+		}{{900 << 10, 200}, {1100 << 10, 431}} {
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			go func() { // the server may answer before it has read it all
+				fmt.Fprintf(conn, "GET /svc/x HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\n\r\n", strings.Repeat("a", c.size))
+			}()
+			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatalf("%d-byte header: %v", c.size, err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			conn.Close()
+			if resp.StatusCode != c.want {
+				t.Fatalf("%d-byte header: %d %q, want %d", c.size, resp.StatusCode, b, c.want)
+			}
+			if c.want == 200 && string(b) != fmt.Sprint(c.size) {
+				t.Fatalf("%d-byte header: upstream saw %s bytes", c.size, b)
+			}
+		}
+	})
+}
