@@ -157,7 +157,7 @@ func (ex *exchange) transportErr(err error, dialErr bool) {
 		ex.dispatch()
 		return
 	}
-	ex.fail(http.StatusBadGateway, "upstream "+ex.u.Inst.ID+" of service "+strconv.Quote(ex.key)+" failed: "+err.Error())
+	ex.fail(http.StatusBadGateway, failedMsg(ex.u, ex.key, err))
 }
 
 // noAnswer ends an attempt whose upstream did not begin its answer within

@@ -403,7 +403,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, s *Service, sn
 				writeError(w, http.StatusGatewayTimeout, noAnswerMsg(u, key, sn.respTO))
 				return
 			}
-			writeError(w, http.StatusBadGateway, "upstream "+u.Inst.ID+" of service "+strconv.Quote(key)+" failed: "+err.Error())
+			writeError(w, http.StatusBadGateway, failedMsg(u, key, err))
 			return
 		}
 		var status int
@@ -445,9 +445,18 @@ func transportNoAnswer(err error) bool {
 	return isTimeout(err) && strings.Contains(err.Error(), "timeout awaiting response headers")
 }
 
+// failedMsg and noAnswerMsg are the messages of a failed attempt (502) and
+// of one past response_header_timeout (504), the same in every engine.
+func failedMsg(u *Upstream, key string, err error) string {
+	return upstreamName(u, key) + " failed: " + err.Error()
+}
+
 func noAnswerMsg(u *Upstream, key string, respTO time.Duration) string {
-	return "upstream " + u.Inst.ID + " of service " + strconv.Quote(key) + " did not answer within " +
-		respTO.String() + " (response_header_timeout)"
+	return upstreamName(u, key) + " did not answer within " + respTO.String() + " (response_header_timeout)"
+}
+
+func upstreamName(u *Upstream, key string) string {
+	return "upstream " + u.Inst.ID + " of service " + strconv.Quote(key)
 }
 
 // outRequest is r as sent upstream: hop-by-hop headers removed, the
@@ -565,7 +574,7 @@ func (g *Gateway) forwardUpgrade(w http.ResponseWriter, r *http.Request, s *Serv
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			failed = err
-			writeError(w, http.StatusBadGateway, "upstream "+u.Inst.ID+" of service "+strconv.Quote(key)+" failed: "+err.Error())
+			writeError(w, http.StatusBadGateway, failedMsg(u, key, err))
 		},
 	}
 	rp.ServeHTTP(w, r)
